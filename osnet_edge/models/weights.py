@@ -1,0 +1,97 @@
+"""Load torchreid checkpoints into :class:`OSNet`, key for key."""
+from __future__ import annotations
+
+import hashlib
+import os
+import zipfile
+from collections import OrderedDict
+from pathlib import Path
+from typing import Any, Mapping
+
+import torch
+from torch import nn
+
+CLASSIFIER_PREFIX = "classifier."
+
+
+class CheckpointError(ValueError):
+    """A file is not a usable torchreid OSNet checkpoint for the given model."""
+
+
+def file_sha256(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(chunk), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def read_checkpoint(path: str | os.PathLike, allow_unsafe_pickle: bool = False) -> "OrderedDict[str, torch.Tensor]":
+    """Read a torchreid checkpoint and return its state_dict with 'module.' stripped.
+
+    ``torch.load(weights_only=True)`` is used: it refuses pickles that would run code.
+    ``allow_unsafe_pickle=True`` falls back to a full unpickle, which can execute
+    arbitrary code from the file: only for old checkpoints from a source you trust.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    if path.stat().st_size == 0:
+        raise CheckpointError(f"{path} is empty, not a checkpoint")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises many types; report them as one clear error
+        msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        if "weights_only" in str(exc) or "Unsupported global" in str(exc):
+            if not allow_unsafe_pickle:
+                raise CheckpointError(
+                    f"{path} holds Python objects that torch.load(weights_only=True) refuses "
+                    f"({msg}). Unpickling can execute arbitrary code: if you trust the file, pass "
+                    "allow_unsafe_pickle=True (CLI: --allow-unsafe-pickle)") from None
+            obj = torch.load(path, map_location="cpu", weights_only=False)
+        else:
+            hint = " (file truncated?)" if zipfile.is_zipfile(path) is False and path.suffix in {".pth", ".pt", ".tar"} else ""
+            raise CheckpointError(f"{path} is not a readable PyTorch checkpoint{hint}: {msg}") from None
+    if isinstance(obj, Mapping) and "state_dict" in obj and isinstance(obj["state_dict"], Mapping):
+        obj = obj["state_dict"]
+    if not isinstance(obj, Mapping) or not obj or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise CheckpointError(f"{path} is not a state_dict (a mapping of parameter names to tensors), "
+                              f"got {type(obj).__name__}")
+    out: "OrderedDict[str, torch.Tensor]" = OrderedDict()
+    for k, v in obj.items():
+        out[k[len("module."):] if k.startswith("module.") else k] = v
+    return out
+
+
+def load_torchreid_weights(model: nn.Module, path: str | os.PathLike,
+                           allow_unsafe_pickle: bool = False) -> dict[str, Any]:
+    """Load a torchreid OSNet checkpoint strictly into ``model``.
+
+    Accepts a raw state_dict or ``{'state_dict': ...}``; strips ``module.``; drops the
+    classifier (its size is the training set's number of identities). Any other missing,
+    unexpected or mis-shaped key raises :class:`CheckpointError` listing them, because a
+    half-loaded re-ID model silently produces useless embeddings.
+    Returns facts for the bundle manifest: source path, sha256, dropped classifier shape.
+    """
+    state = read_checkpoint(path, allow_unsafe_pickle=allow_unsafe_pickle)
+    dropped = {k: tuple(v.shape) for k, v in state.items() if k.startswith(CLASSIFIER_PREFIX)}
+    own = model.state_dict()
+    state = OrderedDict((k, v) for k, v in state.items()
+                        if not k.startswith(CLASSIFIER_PREFIX) or k in own)
+    missing = [k for k in own if k not in state and not k.startswith(CLASSIFIER_PREFIX)]
+    unexpected = [k for k in state if k not in own]
+    mismatched = [f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
+                  for k in state if k in own and state[k].shape != own[k].shape]
+    if missing or unexpected or mismatched:
+        desc = getattr(model, "variant", "?"), getattr(model, "width", "?")
+        lines = [f"{path} does not fit OSNet variant={desc[0]!r} width={desc[1]} "
+                 "(wrong architecture or width?)"]
+        for title, items in (("missing", missing), ("unexpected", unexpected), ("mis-shaped", mismatched)):
+            if items:
+                shown = items[:12] + ([f"... and {len(items) - 12} more"] if len(items) > 12 else [])
+                lines.append(f"  {len(items)} {title} keys: " + ", ".join(shown))
+        raise CheckpointError("\n".join(lines))
+    strict = not any(k.startswith(CLASSIFIER_PREFIX) for k in own)
+    model.load_state_dict(state, strict=strict)
+    return {"source": str(path), "sha256": file_sha256(path),
+            "dropped_classifier": {k: list(v) for k, v in dropped.items()}}
