@@ -52,6 +52,18 @@ def read_checkpoint(path: str | os.PathLike, allow_unsafe_pickle: bool = False) 
         else:
             hint = " (file truncated?)" if zipfile.is_zipfile(path) is False and path.suffix in {".pth", ".pt", ".tar"} else ""
             raise CheckpointError(f"{path} is not a readable PyTorch checkpoint{hint}: {msg}") from None
+    return _state_dict_of(obj, path)
+
+
+def read_checkpoint_meta(path: str | os.PathLike) -> dict[str, Any]:
+    """Non-tensor entries saved beside the state_dict (e.g. osnet_edge's 'adaptation' record)."""
+    obj = torch.load(path, map_location="cpu", weights_only=True)
+    if isinstance(obj, Mapping) and "state_dict" in obj:
+        return {k: v for k, v in obj.items() if k != "state_dict" and not isinstance(v, torch.Tensor)}
+    return {}
+
+
+def _state_dict_of(obj: Any, path: Path) -> "OrderedDict[str, torch.Tensor]":
     if isinstance(obj, Mapping) and "state_dict" in obj and isinstance(obj["state_dict"], Mapping):
         obj = obj["state_dict"]
     if not isinstance(obj, Mapping) or not obj or not all(isinstance(v, torch.Tensor) for v in obj.values()):
@@ -93,5 +105,9 @@ def load_torchreid_weights(model: nn.Module, path: str | os.PathLike,
         raise CheckpointError("\n".join(lines))
     strict = not any(k.startswith(CLASSIFIER_PREFIX) for k in own)
     model.load_state_dict(state, strict=strict)
-    return {"source": str(path), "sha256": file_sha256(path),
+    info = {"source": str(path), "sha256": file_sha256(path),
             "dropped_classifier": {k: list(v) for k, v in dropped.items()}}
+    adaptation = read_checkpoint_meta(path).get("adaptation") if not allow_unsafe_pickle else None
+    if isinstance(adaptation, Mapping):
+        info["adaptation"] = dict(adaptation)
+    return info

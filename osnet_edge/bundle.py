@@ -1,0 +1,201 @@
+"""Bundle: a directory with the model files for one runtime and a verified manifest.
+
+Written atomically: everything is built in a hidden staging directory next to the
+destination and renamed into place only when complete, so an interrupted export never
+leaves a directory that loads. Loading verifies every file's sha256.
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+FORMAT = "osnet-edge-bundle"
+FORMAT_VERSION = 1
+MANIFEST = "manifest.json"
+TARGETS = ("onnxruntime", "openvino", "tensorrt")
+PRECISIONS = ("fp32", "fp16", "bf16", "int8")
+# Which runtimes may execute a bundle made for a target. A tensorrt bundle's ONNX already
+# carries its final precision (fp16 / explicit Q/DQ), so ONNX Runtime runs the very network
+# TensorRT builds; other cross-runtime uses would silently change precision, so they fail.
+COMPATIBLE_RUNTIMES = {"onnxruntime": ("onnxruntime",), "openvino": ("openvino",),
+                       "tensorrt": ("tensorrt", "onnxruntime")}
+REQUIRED_KEYS = ("format", "format_version", "model", "preprocess", "runtime", "precision", "files")
+
+
+class BundleError(ValueError):
+    """A bundle directory is missing, incomplete, tampered with or for another runtime."""
+
+
+def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(chunk), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+@dataclass
+class Bundle:
+    """A loaded (and verified) bundle: its directory and manifest."""
+
+    path: Path
+    manifest: dict[str, Any] = field(repr=False)
+
+    def file(self, name: str) -> Path:
+        if name not in self.manifest["files"]:
+            raise BundleError(f"bundle {self.path} has no {name!r} (files: {sorted(self.manifest['files'])})")
+        return self.path / name
+
+    @property
+    def runtime(self) -> str:
+        return self.manifest["runtime"]
+
+    @property
+    def precision(self) -> str:
+        return self.manifest["precision"]
+
+    @property
+    def input_size(self) -> tuple[int, int]:
+        h, w = self.manifest["model"]["input_size"]
+        return int(h), int(w)
+
+    @property
+    def embedding_dim(self) -> int:
+        return int(self.manifest["model"]["embedding_dim"])
+
+    @property
+    def fused_preprocess(self) -> bool:
+        return bool(self.manifest["preprocess"].get("fused", False))
+
+    @property
+    def max_batch(self) -> int | None:
+        return self.manifest.get("max_batch")
+
+    def check_runtime(self, runtime: str) -> None:
+        allowed = COMPATIBLE_RUNTIMES.get(self.runtime, (self.runtime,))
+        if runtime not in allowed:
+            raise BundleError(
+                f"bundle {self.path} was exported for {self.runtime} ({self.precision}); runtime "
+                f"{runtime!r} cannot run it without changing its precision or format. Use "
+                f"runtime={allowed[0]!r} or re-export with --target {runtime}")
+
+
+def _read_manifest(path: Path) -> dict[str, Any]:
+    mpath = path / MANIFEST
+    if not mpath.is_file():
+        raise BundleError(f"{path} is not an osnet_edge bundle: {MANIFEST} is missing "
+                          "(an interrupted export? re-run scripts/export.py)")
+    try:
+        manifest = json.loads(mpath.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise BundleError(f"{mpath} is not valid JSON ({exc}); the bundle is corrupt, re-export it") from None
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+        raise BundleError(f"{mpath} is not an osnet_edge manifest (format must be {FORMAT!r})")
+    version = manifest.get("format_version")
+    if version != FORMAT_VERSION:
+        raise BundleError(f"{mpath} has format_version {version!r}; this osnet_edge reads version "
+                          f"{FORMAT_VERSION}. Re-export the bundle with this version of osnet_edge")
+    missing = [k for k in REQUIRED_KEYS if k not in manifest]
+    if missing:
+        raise BundleError(f"{mpath} lacks required fields: {', '.join(missing)}")
+    if not isinstance(manifest["files"], dict) or not manifest["files"]:
+        raise BundleError(f"{mpath}: 'files' must map file names to sha256 checksums")
+    return manifest
+
+
+def load_bundle(path: str | os.PathLike, verify: bool = True) -> Bundle:
+    """Read a bundle's manifest; with ``verify`` check every listed file's size and sha256."""
+    path = Path(path)
+    if not path.is_dir():
+        raise BundleError(f"bundle directory not found: {path}")
+    manifest = _read_manifest(path)
+    for name, expected in manifest["files"].items():
+        fpath = path / name
+        if Path(name).is_absolute() or ".." in Path(name).parts:
+            raise BundleError(f"{path / MANIFEST} lists an unsafe file name {name!r}")
+        if not fpath.is_file():
+            raise BundleError(f"bundle {path} is incomplete: {name} is missing")
+        if verify:
+            entry = expected if isinstance(expected, dict) else {"sha256": expected}
+            size = entry.get("size")
+            if size is not None and fpath.stat().st_size != size:
+                raise BundleError(f"bundle {path}: {name} is {fpath.stat().st_size} bytes, manifest says "
+                                  f"{size} (truncated or replaced); re-export the bundle")
+            if sha256_file(fpath) != entry["sha256"]:
+                raise BundleError(f"bundle {path}: checksum mismatch for {name} (file modified or "
+                                  "corrupted); re-export the bundle")
+    return Bundle(path=path, manifest=manifest)
+
+
+class BundleWriter:
+    """Build a bundle in a staging directory, then move it into place atomically.
+
+    >>> with BundleWriter("bundles/x0_25") as w:
+    ...     save_model(w.path / "model.onnx"); w.manifest.update(model=..., runtime=...)
+    >>> w.bundle  # loaded and verified
+    """
+
+    def __init__(self, out_dir: str | os.PathLike, overwrite: bool = True) -> None:
+        self.out_dir = Path(out_dir).absolute()
+        self.overwrite = overwrite
+        self.manifest: dict[str, Any] = {}
+        self.bundle: Bundle | None = None
+        self.path: Path = Path()
+
+    def __enter__(self) -> "BundleWriter":
+        if self.out_dir.exists() and not self.overwrite:
+            raise FileExistsError(f"{self.out_dir} exists (pass overwrite=True / --force to replace it)")
+        self.out_dir.parent.mkdir(parents=True, exist_ok=True)
+        self.path = Path(tempfile.mkdtemp(prefix=f".{self.out_dir.name}.partial-", dir=self.out_dir.parent))
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is not None:
+            shutil.rmtree(self.path, ignore_errors=True)
+            return
+        try:
+            self._commit()
+        except BaseException:
+            shutil.rmtree(self.path, ignore_errors=True)
+            raise
+
+    def _commit(self) -> None:
+        files = {}
+        for f in sorted(p for p in self.path.rglob("*") if p.is_file() and p.name != MANIFEST):
+            files[f.relative_to(self.path).as_posix()] = {"sha256": sha256_file(f), "size": f.stat().st_size}
+        manifest = {"format": FORMAT, "format_version": FORMAT_VERSION, **self.manifest, "files": files,
+                    "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}
+        missing = [k for k in REQUIRED_KEYS if k not in manifest]
+        if missing:
+            raise BundleError(f"internal: manifest lacks {missing}")
+        tmp = self.path / (MANIFEST + ".tmp")
+        with open(tmp, "w", encoding="utf-8") as fh:
+            json.dump(manifest, fh, indent=2, sort_keys=False)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, self.path / MANIFEST)
+        old = None
+        if self.out_dir.exists():
+            old = self.out_dir.parent / f".{self.out_dir.name}.old-{uuid.uuid4().hex[:8]}"
+            os.replace(self.out_dir, old)
+        os.replace(self.path, self.out_dir)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+        self.bundle = load_bundle(self.out_dir)
+
+
+def update_manifest(bundle: Bundle, **fields: Any) -> Bundle:
+    """Add informational fields (e.g. measured fidelity) to a bundle's manifest, atomically."""
+    manifest = dict(bundle.manifest, **fields)
+    tmp = bundle.path / (MANIFEST + f".tmp-{uuid.uuid4().hex[:8]}")
+    tmp.write_text(json.dumps(manifest, indent=2), encoding="utf-8")
+    os.replace(tmp, bundle.path / MANIFEST)
+    return Bundle(bundle.path, manifest)

@@ -1,0 +1,256 @@
+"""Host side: torch OSNet -> checked ONNX -> bundle for a target runtime and precision."""
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import os
+import platform
+import shutil
+import warnings
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+from torch import nn
+
+from . import __version__
+from .bundle import PRECISIONS, TARGETS, Bundle, BundleWriter
+from .models import FEATURE_DIM, build_osnet, input_size, load_torchreid_weights
+from .preprocess import DEFAULT_INTERPOLATION, IMAGENET_MEAN, IMAGENET_STD
+
+log = logging.getLogger("osnet_edge.export")
+
+DEFAULT_OPSET = 18
+INPUT_NAME, OUTPUT_NAME = "input", "embedding"
+# Precisions each target can honour. bf16 is an OpenVINO CPU execution hint (fp32 IR).
+TARGET_PRECISIONS = {"onnxruntime": ("fp32", "fp16", "int8"), "openvino": ("fp32", "fp16", "bf16", "int8"),
+                     "tensorrt": ("fp32", "fp16", "int8")}
+
+
+class ExportError(RuntimeError):
+    """Export could not produce a valid model (message says which step and why)."""
+
+
+class FusedPreprocess(nn.Module):
+    """uint8 BGR NHWC at the model's input size -> normalised float RGB NCHW, inside the graph."""
+
+    def __init__(self, mean=IMAGENET_MEAN, std=IMAGENET_STD) -> None:
+        super().__init__()
+        # BGR order, folded: (x/255 - mean)/std = x * 1/(255 std) - mean/std
+        scale = torch.tensor([1.0 / (255.0 * s) for s in std][::-1]).view(1, 3, 1, 1)
+        bias = torch.tensor([-m / s for m, s in zip(mean, std)][::-1]).view(1, 3, 1, 1)
+        self.register_buffer("scale", scale, persistent=False)
+        self.register_buffer("bias", bias, persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.permute(0, 3, 1, 2).to(torch.float32) * self.scale + self.bias
+        return torch.flip(x, dims=[1])  # BGR -> RGB
+
+
+class _WithPreprocess(nn.Module):
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.pre, self.model = FusedPreprocess(), model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(self.pre(x))
+
+
+def to_onnx(model: nn.Module, path: str | os.PathLike, input_hw: tuple[int, int], opset: int = DEFAULT_OPSET,
+            fuse_preprocess: bool = False, simplify: bool = True) -> Path:
+    """Export an eval-mode OSNet to ONNX with a dynamic batch axis, checked and shape-inferred.
+
+    Input ``input`` is (N,3,H,W) float32, or (N,H,W,3) uint8 BGR with ``fuse_preprocess``;
+    output ``embedding`` is (N,512) float32 (not normalised, as torchreid returns it).
+    """
+    import onnx
+
+    if opset < 17:
+        raise ValueError(f"opset must be >= 17, got {opset}")
+    path = Path(path)
+    model = model.eval()
+    net = _WithPreprocess(model).eval() if fuse_preprocess else model
+    h, w = input_hw
+    example = (torch.zeros(2, h, w, 3, dtype=torch.uint8) if fuse_preprocess else torch.zeros(2, 3, h, w))
+    batch = torch.export.Dim("batch", min=1, max=4096)
+    quiet = logging.getLogger("torch.onnx")
+    old_level = quiet.level
+    quiet.setLevel(logging.ERROR)
+    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+        warnings.simplefilter("ignore")
+        try:
+            torch.onnx.export(net, (example,), str(path), input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
+                              opset_version=opset, dynamo=True, dynamic_shapes=({0: batch},),
+                              external_data=False, verbose=False)
+        except Exception as exc:
+            raise ExportError(f"torch.onnx.export failed: {str(exc).splitlines()[0]}") from exc
+        finally:
+            quiet.setLevel(old_level)
+    proto = onnx.load(str(path))
+    if simplify:
+        proto = _simplify(proto)
+    try:
+        onnx.checker.check_model(proto, full_check=True)
+        proto = onnx.shape_inference.infer_shapes(proto, strict_mode=True)
+    except Exception as exc:
+        raise ExportError(f"exported ONNX failed onnx.checker / shape inference: {exc}") from exc
+    proto.producer_name, proto.producer_version = "osnet_edge", __version__
+    onnx.save(proto, str(path))
+    return path
+
+
+def _simplify(proto):
+    """onnxslim where installed (folds constants, drops identities); the original if it fails."""
+    try:
+        import onnxslim
+    except ImportError:
+        return proto
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):
+            return onnxslim.slim(proto)
+    except Exception as exc:  # a simplifier bug must not break export
+        warnings.warn(f"onnxslim failed ({exc}); keeping the unsimplified graph")
+        return proto
+
+
+def convert_fp16(src: str | os.PathLike, dst: str | os.PathLike) -> Path:
+    """fp32 ONNX -> fp16 weights and compute with fp32 I/O (TensorRT 11 strong typing, ORT).
+
+    onnxconverter-common's converter keeps inputs/outputs fp32 (Cast at the edges) and leaves
+    its default block list (numerically sensitive ops) in fp32.
+    """
+    import onnx
+
+    try:
+        from onnxconverter_common import float16
+    except ImportError as exc:
+        raise ImportError("fp16 ONNX conversion needs onnxconverter-common: "
+                          "pip install 'osnet_edge[quantize]'") from exc
+    proto = onnx.load(str(src))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        half = float16.convert_float_to_float16(proto, keep_io_types=True)
+    onnx.checker.check_model(half)
+    onnx.save(half, str(dst))
+    return Path(dst)
+
+
+def save_openvino_ir(onnx_path: str | os.PathLike, xml_path: str | os.PathLike, fp16: bool) -> Path:
+    """ONNX -> OpenVINO IR at export time (fp16 weight compression only for fp16 bundles)."""
+    try:
+        import openvino as ov
+    except ImportError as exc:
+        raise ImportError("the openvino target needs openvino: pip install 'osnet_edge[openvino]'") from exc
+    ov_model = ov.convert_model(str(onnx_path))
+    ov.save_model(ov_model, str(xml_path), compress_to_fp16=fp16)
+    return Path(xml_path)
+
+
+def _versions(target: str) -> dict[str, str]:
+    import onnx
+
+    out = {"osnet_edge": __version__, "torch": torch.__version__, "onnx": onnx.__version__,
+           "python": platform.python_version()}
+    for pkg in {"onnxruntime": ["onnxruntime"], "openvino": ["openvino"],
+                "tensorrt": ["onnxruntime"]}[target]:
+        with contextlib.suppress(Exception):
+            mod = __import__(pkg)
+            out[pkg] = getattr(mod, "__version__", None) or mod.get_version()
+    return out
+
+
+def export_bundle(out: str | os.PathLike, width: float = 1.0, res: float = 1.0, variant: str = "osnet",
+                  target: str = "onnxruntime", precision: str = "fp32", weights: str | os.PathLike | None = None,
+                  fuse_preprocess: bool = False, max_batch: int = 64, calibration: Any = None,
+                  calib_method: str | None = None, interpolation: str = DEFAULT_INTERPOLATION,
+                  opset: int = DEFAULT_OPSET, allow_unsafe_pickle: bool = False, overwrite: bool = True,
+                  model: nn.Module | None = None, on_step: Callable[[str], None] | None = None,
+                  **quant_options: Any) -> Bundle:
+    """Export OSNet (``width``, ``res``, ``variant``) as a bundle for ``target`` at ``precision``.
+
+    ``weights``: a torchreid checkpoint; None exports random weights (accuracy meaningless,
+    the manifest says so). ``calibration``: a CalibrationSet (int8 only). ``model`` lets a
+    caller pass an already built (e.g. adapted) network instead of width/variant/weights.
+    """
+    from ._counting import count_macs, count_params
+
+    step = on_step or (lambda msg: log.info(msg))
+    if target not in TARGETS:
+        raise ValueError(f"target must be one of {TARGETS}, got {target!r}")
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    if precision not in TARGET_PRECISIONS[target]:
+        raise ValueError(f"target {target} supports precisions {TARGET_PRECISIONS[target]}, not {precision!r}")
+    if isinstance(max_batch, bool) or not isinstance(max_batch, int) or max_batch < 1:
+        raise ValueError(f"max_batch must be a positive int, got {max_batch!r}")
+    if precision == "int8" and calibration is None:
+        raise ValueError("--precision int8 needs a calibration set of person crops (--calib DIR): "
+                         "INT8 ranges come from real images, never from random data")
+    if precision != "int8" and calibration is not None:
+        raise ValueError("a calibration set is only used with --precision int8")
+    if precision == "bf16":
+        from .runtimes.openvino import cpu_supports_bf16
+        if not cpu_supports_bf16():
+            warnings.warn("this CPU has no bf16 support: the bundle will not load here")
+    hw = input_size(res)
+    weights_info = None
+    if model is None:
+        model = build_osnet(width, variant)
+        if weights is not None:
+            step(f"loading weights {weights}")
+            info = load_torchreid_weights(model, weights, allow_unsafe_pickle=allow_unsafe_pickle)
+            weights_info = {"source": str(Path(weights).resolve()), "sha256": info["sha256"]}
+            if info.get("adaptation"):
+                model.adaptation = info["adaptation"]
+        else:
+            warnings.warn("no --weights given: exporting a RANDOMLY INITIALISED model; its embeddings "
+                          "are meaningless for re-identification (use it only to test the pipeline)")
+    else:
+        width, variant = getattr(model, "width", width), getattr(model, "variant", variant)
+    model.eval()
+    params, macs = count_params(model), count_macs(model, hw)
+
+    with BundleWriter(out, overwrite=overwrite) as w:
+        onnx_path = w.path / "model.onnx"
+        step(f"exporting ONNX (opset {opset}, input {hw[0]}x{hw[1]}, dynamic batch)")
+        fp32_path = to_onnx(model, w.path / "model_fp32.onnx", hw, opset, fuse_preprocess)
+        calibration_info, quant_report, build = None, None, {}
+        if precision == "int8":
+            from .quantize import quantize
+
+            step(f"quantizing for {target} with {calibration.num_images} calibration images")
+            result = quantize(fp32_path, calibration, target, w.path, method=calib_method, **quant_options)
+            calibration_info = {**calibration.describe(), "method": result.method}
+            quant_report = result.report
+        elif target == "openvino":
+            step("converting to OpenVINO IR" + (" (fp16 weights)" if precision == "fp16" else ""))
+            save_openvino_ir(fp32_path, w.path / "model.xml", fp16=(precision == "fp16"))
+        elif precision == "fp16":
+            step("converting ONNX to fp16 (fp32 inputs/outputs)")
+            convert_fp16(fp32_path, onnx_path)
+        if not onnx_path.exists():
+            os.replace(fp32_path, onnx_path)
+        elif fp32_path.exists():
+            fp32_path.unlink()
+        if target == "tensorrt":
+            build = {"strongly_typed": True, "max_batch": max_batch, "opt_batch": min(8, max_batch),
+                     "workspace_mib": 1024, "engine": "built on the device at first load, cached next to "
+                                                       "the bundle keyed by GPU + TensorRT version"}
+        w.manifest.update({
+            "model": {"variant": variant, "width": float(width), "res": float(res), "input_size": list(hw),
+                      "embedding_dim": FEATURE_DIM, "params": params, "macs": macs,
+                      "input_name": INPUT_NAME, "output_name": OUTPUT_NAME,
+                      "input_layout": "NHWC uint8 BGR" if fuse_preprocess else "NCHW float32 RGB normalised"},
+            "weights": weights_info,
+            "random_weights": weights_info is None and not getattr(model, "adaptation", None),
+            "adaptation": getattr(model, "adaptation", None),
+            "preprocess": {"color": "BGR", "mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD),
+                           "interpolation": interpolation, "fused": bool(fuse_preprocess)},
+            "runtime": target, "precision": precision, "max_batch": max_batch,
+            "calibration": calibration_info, "quantization": quant_report, "build": build or None,
+            "versions": _versions(target), "opset": opset,
+        })
+    assert w.bundle is not None
+    return w.bundle

@@ -1,0 +1,203 @@
+"""Extractor: person crops in, L2-normalised embeddings out, on any runtime, without torch.
+
+Input validation is strict on purpose: camera firmware must get a clear error for a
+malformed crop, never an exception from deep inside a runtime nor silently wrong output.
+"""
+from __future__ import annotations
+
+import os
+import threading
+from typing import Any, Sequence
+
+import numpy as np
+
+from .bundle import Bundle, load_bundle
+from .preprocess import Normalizer, resize
+
+_GRAY_HINT = "convert with cv2.cvtColor(img, cv2.COLOR_GRAY2BGR)"
+_BGRA_HINT = "convert with cv2.cvtColor(img, cv2.COLOR_BGRA2BGR)"
+
+
+def _describe(a: np.ndarray) -> str:
+    return f"array of shape {a.shape} and dtype {a.dtype}"
+
+
+def _check_crop(crop: Any, index: int | None) -> np.ndarray:
+    where = "crop" if index is None else f"crop {index}"
+    if not isinstance(crop, np.ndarray):
+        raise TypeError(f"{where}: expected a numpy array HxWx3 uint8 BGR, got {type(crop).__name__}")
+    if crop.dtype != np.uint8:
+        extra = ""
+        if crop.dtype.kind == "f" and crop.size and not np.isfinite(crop).all():
+            extra = ", containing NaN/inf"
+        raise TypeError(f"{where}: expected dtype uint8 (BGR 0-255, as cv2.imread gives), got "
+                        f"{crop.dtype}{extra}; convert explicitly, e.g. np.clip(x, 0, 255).astype(np.uint8)")
+    if crop.ndim == 2:
+        raise ValueError(f"{where}: expected HxWx3 BGR, got a 2-D {crop.shape} grayscale image; {_GRAY_HINT}")
+    if crop.ndim != 3:
+        raise ValueError(f"{where}: expected HxWx3 BGR, got {_describe(crop)}")
+    if crop.shape[2] != 3:
+        if crop.shape[0] == 3 and crop.shape[2] not in (1, 4):
+            raise ValueError(f"{where}: expected HxWx3 (channels last), got {crop.shape}: looks "
+                             "channels-first (3xHxW); use img.transpose(1, 2, 0)")
+        hint = _BGRA_HINT if crop.shape[2] == 4 else _GRAY_HINT if crop.shape[2] == 1 else ""
+        raise ValueError(f"{where}: expected 3 channels (BGR), got {crop.shape[2]} in shape {crop.shape}"
+                         + (f"; {hint}" if hint else ""))
+    if crop.shape[0] == 0 or crop.shape[1] == 0:
+        raise ValueError(f"{where}: empty crop of shape {crop.shape} (zero height or width)")
+    return crop
+
+
+def as_crop_list(crops: Any) -> list[np.ndarray]:
+    """Normalise accepted inputs to a list of validated HxWx3 uint8 crops.
+
+    Accepts one HxWx3 array, an (N,H,W,3) array, or a list/tuple of HxWx3 arrays.
+    An empty list gives an empty result (documented: the Extractor returns (0, dim)).
+    """
+    if isinstance(crops, np.ndarray):
+        if crops.ndim == 4:
+            if crops.shape[-1] != 3 and crops.shape[1] == 3:
+                raise ValueError(f"expected (N,H,W,3) channels-last BGR, got {crops.shape}: looks like "
+                                 "(N,3,H,W) channels-first; use batch.transpose(0, 2, 3, 1)")
+            return [_check_crop(c, i) for i, c in enumerate(crops)]
+        return [_check_crop(crops, None)]
+    if isinstance(crops, (list, tuple)):
+        return [_check_crop(c, i) for i, c in enumerate(crops)]
+    raise TypeError(f"expected a HxWx3 uint8 array, an (N,H,W,3) array or a list of crops, "
+                    f"got {type(crops).__name__}")
+
+
+def clip_boxes(boxes: Any, frame_hw: tuple[int, int]) -> np.ndarray:
+    """(N,4) xyxy pixel boxes -> integer boxes clipped to the frame; bad boxes name their index."""
+    b = np.asarray(boxes)
+    if b.dtype.kind not in "iuf" or b.dtype == np.bool_:
+        raise TypeError(f"boxes: expected numbers (N,4) xyxy, got dtype {b.dtype}")
+    if b.size == 0:
+        return np.zeros((0, 4), dtype=np.int64)
+    if b.ndim == 1 and b.shape[0] == 4:
+        b = b[None]
+    if b.ndim != 2 or b.shape[1] != 4:
+        raise ValueError(f"boxes: expected shape (N,4) xyxy, got {b.shape}")
+    b = b.astype(np.float64)
+    bad = ~np.isfinite(b).all(axis=1)
+    if bad.any():
+        raise ValueError(f"boxes: box {int(np.argmax(bad))} has NaN/inf coordinates: {b[bad][0].tolist()}")
+    inverted = (b[:, 2] <= b[:, 0]) | (b[:, 3] <= b[:, 1])
+    if inverted.any():
+        i = int(np.argmax(inverted))
+        raise ValueError(f"boxes: box {i} {b[i].tolist()} is inverted or has zero area (need x2 > x1, y2 > y1)")
+    h, w = frame_hw
+    x1 = np.clip(np.floor(b[:, 0]), 0, w)
+    y1 = np.clip(np.floor(b[:, 1]), 0, h)
+    x2 = np.clip(np.ceil(b[:, 2]), 0, w)
+    y2 = np.clip(np.ceil(b[:, 3]), 0, h)
+    empty = (x2 <= x1) | (y2 <= y1)
+    if empty.any():
+        i = int(np.argmax(empty))
+        raise ValueError(f"boxes: box {i} {b[i].tolist()} lies outside the {w}x{h} frame (zero area after clipping)")
+    return np.stack([x1, y1, x2, y2], axis=1).astype(np.int64)
+
+
+class Extractor:
+    """Embeds person crops with a bundle on one runtime: (N, dim) float32, rows L2-normalised.
+
+    ``Extractor(bundle_dir, runtime=None, device="cpu", threads=None, batch_size=32)``;
+    ``runtime`` defaults to the runtime the bundle was exported for.
+
+    Thread safety: one Extractor may be shared between threads. Preprocessing runs in the
+    caller's thread; the runtime call is serialised by a lock (runtimes' request objects are
+    not all re-entrant), so results are identical to serial calls.
+    """
+
+    def __init__(self, bundle: str | os.PathLike | Bundle, runtime: str | None = None, device: str = "cpu",
+                 threads: int | None = None, batch_size: int = 32, verify: bool = True, **runtime_options) -> None:
+        from . import runtimes
+
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+        self.bundle = bundle if isinstance(bundle, Bundle) else load_bundle(bundle, verify=verify)
+        self._runtime = runtimes.create(self.bundle, runtime, device=device, threads=threads, **runtime_options)
+        max_batch = self.bundle.max_batch
+        self.batch_size = min(batch_size, max_batch) if max_batch else batch_size
+        pre = self.bundle.manifest["preprocess"]
+        self.interpolation = pre.get("interpolation", "pil")
+        self.fused = self.bundle.fused_preprocess
+        self._normalize = None if self.fused else Normalizer(pre["mean"], pre["std"])
+        self._lock = threading.Lock()
+
+    # -- facts -------------------------------------------------------------------------
+    @property
+    def input_size(self) -> tuple[int, int]:
+        return self.bundle.input_size
+
+    @property
+    def dim(self) -> int:
+        return self.bundle.embedding_dim
+
+    @property
+    def runtime(self) -> str:
+        return self._runtime.name
+
+    @property
+    def precision(self) -> str:
+        return self.bundle.precision
+
+    @property
+    def manifest(self) -> dict:
+        return self.bundle.manifest
+
+    # -- inference -----------------------------------------------------------------------
+    def model_input(self, crops: Sequence[np.ndarray]) -> np.ndarray:
+        """Validated crops -> the runtime's input batch (what ``infer_raw`` takes)."""
+        hw = self.input_size
+        batch = np.empty((len(crops), hw[0], hw[1], 3), dtype=np.uint8)
+        for i, crop in enumerate(crops):
+            batch[i] = resize(crop, hw, self.interpolation)
+        return batch if self.fused else self._normalize(batch)
+
+    def infer_raw(self, batch: np.ndarray) -> np.ndarray:
+        """Run the runtime on a prepared batch (no normalisation): for benchmarks and checks."""
+        with self._lock:
+            if self._runtime is None:
+                raise RuntimeError("Extractor is closed")
+            return self._runtime.infer(batch)
+
+    def __call__(self, crops: Any) -> np.ndarray:
+        crops = as_crop_list(crops)
+        out = np.empty((len(crops), self.dim), dtype=np.float32)
+        for start in range(0, len(crops), self.batch_size):
+            chunk = crops[start:start + self.batch_size]
+            raw = self.infer_raw(self.model_input(chunk))
+            out[start:start + len(chunk)] = raw
+        return l2_normalize(out)
+
+    def from_frame(self, frame: Any, boxes: Any) -> np.ndarray:
+        """Embed the ``boxes`` (N,4 xyxy pixels, clipped to the frame) of one HxWx3 uint8 frame."""
+        frame = _check_crop(frame, None) if isinstance(frame, np.ndarray) else _check_crop(frame, None)
+        clipped = clip_boxes(boxes, frame.shape[:2])
+        return self([frame[y1:y2, x1:x2] for x1, y1, x2, y2 in clipped])
+
+    def close(self) -> None:
+        with self._lock:
+            if self._runtime is not None:
+                self._runtime.close()
+                self._runtime = None
+
+    def __enter__(self) -> "Extractor":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        m = self.bundle.manifest["model"]
+        return (f"Extractor({m['variant']} x{m['width']} @ {self.input_size[0]}x{self.input_size[1]}, "
+                f"{self.runtime}/{self.precision}, dim={self.dim})")
+
+
+def l2_normalize(x: np.ndarray, eps: float = 1e-12) -> np.ndarray:
+    """Row-wise L2 normalisation in place; an all-zero row stays zero (no NaN)."""
+    norms = np.linalg.norm(x, axis=1, keepdims=True)
+    np.maximum(norms, eps, out=norms)
+    x /= norms
+    return x
