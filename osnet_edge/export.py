@@ -45,7 +45,8 @@ class FusedPreprocess(nn.Module):
         self.register_buffer("bias", bias, persistent=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x.permute(0, 3, 1, 2).to(torch.float32) * self.scale + self.bias
+        # cast before the transpose: TensorRT's uint8 support is limited to I/O and Cast
+        x = x.to(torch.float32).permute(0, 3, 1, 2) * self.scale + self.bias
         return torch.flip(x, dims=[1])  # BGR -> RGB
 
 
@@ -235,9 +236,11 @@ def export_bundle(out: str | os.PathLike, width: float = 1.0, res: float = 1.0, 
         elif fp32_path.exists():
             fp32_path.unlink()
         if target == "tensorrt":
-            build = {"strongly_typed": True, "max_batch": max_batch, "opt_batch": min(8, max_batch),
-                     "workspace_mib": 1024, "engine": "built on the device at first load, cached next to "
-                                                       "the bundle keyed by GPU + TensorRT version"}
+            build = {"strongly_typed": True, "min_batch": 1, "max_batch": max_batch, "opt_batch": min(8, max_batch),
+                     "workspace_mib": 1024,
+                     "engine": "built on the device at first load (or scripts/build_engine.py) and cached in "
+                               "engines/ inside the bundle (cache_dir= / $OSNET_EDGE_ENGINE_CACHE elsewhere), keyed "
+                               "by GPU + compute capability + TensorRT version + ONNX sha256"}
         w.manifest.update({
             "model": {"variant": variant, "width": float(width), "res": float(res), "input_size": list(hw),
                       "embedding_dim": FEATURE_DIM, "params": params, "macs": macs,

@@ -10,6 +10,10 @@ from typing import Callable, Sequence
 _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if _ROOT not in sys.path:
     sys.path.insert(0, _ROOT)
+# scripts/profile.py would shadow the standard library's `profile` (imported by cProfile, which
+# torch.export uses): once _cli is imported, scripts/ leaves sys.path.
+_SCRIPTS = os.path.dirname(os.path.abspath(__file__))
+sys.path[:] = [p for p in sys.path if os.path.abspath(p or os.curdir) != _SCRIPTS]
 
 
 class CliError(Exception):
@@ -23,6 +27,17 @@ class Parser(argparse.ArgumentParser):
         kwargs.setdefault("formatter_class", argparse.RawDescriptionHelpFormatter)
         super().__init__(*args, **kwargs)
         self.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        """Bad flags: one line (argparse's default prints the whole usage block first)."""
+        print(f"error: {message} (see {self.prog} --help)", file=sys.stderr)
+        sys.exit(2)
+
+
+def _one_line(exc: BaseException) -> str:
+    """The exception's message on one line (multi-line messages, e.g. key lists, are joined)."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    return "; ".join(lines) or type(exc).__name__
 
 
 def run(main: Callable[[Sequence[str] | None], int | None], argv: Sequence[str] | None = None) -> None:
@@ -38,7 +53,12 @@ def run(main: Callable[[Sequence[str] | None], int | None], argv: Sequence[str] 
             RuntimeError, OSError) as exc:
         if debug:
             raise
-        msg = str(exc).strip() or type(exc).__name__
-        print(f"error: {msg}", file=sys.stderr)
+        print(f"error: {_one_line(exc)}", file=sys.stderr)
+        sys.exit(1)
+    except Exception as exc:  # a bug, not a user error: still one line, the traceback on request
+        if debug:
+            raise
+        print(f"error: internal error {type(exc).__name__}: {_one_line(exc)} (re-run with --debug for the "
+              "traceback and please report it)", file=sys.stderr)
         sys.exit(1)
     sys.exit(code or 0)
