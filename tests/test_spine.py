@@ -131,12 +131,22 @@ def test_fused_preprocess_matches_torch(tmp_path, crops):
 
 
 def test_openvino_fp16_fidelity_and_fp32_pins_f32(bundles, tmp_path, crops):
-    weights = X025_MSMT if X025_MSMT.exists() else None
-    fp16 = export_bundle(tmp_path / "fp16", 0.25, 1.0, target="openvino", precision="fp16", weights=weights)
-    with Extractor(fp16.path) as half, Extractor(bundles[("openvino", 1.0)].path) as full:
-        assert full._runtime.config["INFERENCE_PRECISION_HINT"] in ("f32", "<Type: 'float32'>")
-        a = agreement(half(crops), full(crops))
+    import torch
+
+    from osnet_edge.models import build_osnet, load_torchreid_weights
+
+    torch.manual_seed(2)
+    model = build_osnet(0.25).eval()
+    if X025_MSMT.exists():
+        load_torchreid_weights(model, X025_MSMT)
+    fp16 = export_bundle(tmp_path / "fp16", res=1.0, target="openvino", precision="fp16", model=model)
+    with Extractor(fp16.path) as half:
+        feats = half(crops)
+        ref = TorchRuntime(model=model, fused_preprocess=False).infer(half.model_input(crops))
+    a = agreement(feats, ref)
     assert a["cosine_min"] >= 0.999, a
+    with Extractor(bundles[("openvino", 1.0)].path) as full:
+        assert full._runtime.config["INFERENCE_PRECISION_HINT"] in ("f32", "<Type: 'float32'>")
 
 
 def test_manifest_contract(bundles):
