@@ -108,14 +108,60 @@ def _read_manifest(path: Path) -> dict[str, Any]:
         raise BundleError(f"{mpath} lacks required fields: {', '.join(missing)}")
     if not isinstance(manifest["files"], dict) or not manifest["files"]:
         raise BundleError(f"{mpath}: 'files' must map file names to sha256 checksums")
+    _check_fields(manifest, mpath)
     return manifest
+
+
+def _is_pos_int(x: Any) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool) and x > 0
+
+
+def _check_fields(manifest: dict[str, Any], mpath: Path) -> None:
+    """The fields the device reads, checked once here so that a hand-edited or damaged
+    manifest fails at load with its field named, not later as a KeyError or a shape error."""
+    def bad(field: str, expected: str) -> BundleError:
+        return BundleError(f"{mpath}: {field} must be {expected}, got {value!r}; the manifest is damaged "
+                           "or hand-edited, re-export the bundle")
+
+    model = value = manifest["model"]
+    if not isinstance(model, dict):
+        raise bad("'model'", "an object")
+    value = model.get("input_size")
+    if not (isinstance(value, list) and len(value) == 2 and all(_is_pos_int(v) for v in value)):
+        raise bad("model.input_size", "[H, W] (two positive integers)")
+    value = model.get("embedding_dim")
+    if not _is_pos_int(value):
+        raise bad("model.embedding_dim", "a positive integer")
+    pre = value = manifest["preprocess"]
+    if not isinstance(pre, dict):
+        raise bad("'preprocess'", "an object")
+    for key in ("mean", "std"):
+        value = pre.get(key)
+        if not (isinstance(value, list) and len(value) == 3
+                and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value)
+                and (key == "mean" or all(v > 0 for v in value))):
+            raise bad(f"preprocess.{key}", "three numbers" + (" > 0" if key == "std" else ""))
+    value = manifest["runtime"]
+    if value not in TARGETS:
+        raise bad("runtime", f"one of {TARGETS}")
+    value = manifest["precision"]
+    if value not in PRECISIONS:
+        raise bad("precision", f"one of {PRECISIONS}")
+    value = manifest.get("max_batch")
+    if value is not None and not _is_pos_int(value):
+        raise bad("max_batch", "a positive integer or null")
+    for name, value in manifest["files"].items():
+        digest = value.get("sha256") if isinstance(value, dict) else value
+        if not (isinstance(digest, str) and len(digest) == 64):
+            raise bad(f"files[{name!r}]", "a sha256 hex digest or {\"sha256\": ..., \"size\": ...}")
 
 
 def load_bundle(path: str | os.PathLike, verify: bool = True) -> Bundle:
     """Read a bundle's manifest; with ``verify`` check every listed file's size and sha256."""
     path = Path(path)
     if not path.is_dir():
-        raise BundleError(f"bundle directory not found: {path}")
+        what = "is not a directory" if path.exists() else "not found"
+        raise BundleError(f"bundle {path}: {what} (a bundle is a directory written by scripts/export.py)")
     manifest = _read_manifest(path)
     for name, expected in manifest["files"].items():
         fpath = path / name
@@ -154,8 +200,23 @@ class BundleWriter:
         if self.out_dir.exists() and not self.overwrite:
             raise FileExistsError(f"{self.out_dir} exists (pass overwrite=True / --force to replace it)")
         self.out_dir.parent.mkdir(parents=True, exist_ok=True)
-        self.path = Path(tempfile.mkdtemp(prefix=f".{self.out_dir.name}.partial-", dir=self.out_dir.parent))
+        self._remove_stale_partials()
+        # the writer's pid in the name lets a later run recognise (and remove) a killed run's leftovers
+        self.path = Path(tempfile.mkdtemp(prefix=f"{self._partial_prefix}{os.getpid()}-", dir=self.out_dir.parent))
         return self
+
+    @property
+    def _partial_prefix(self) -> str:
+        return f".{self.out_dir.name}.partial-"
+
+    def _remove_stale_partials(self) -> None:
+        """Delete staging directories left by writers of this bundle that were killed (their pid is gone)."""
+        for entry in self.out_dir.parent.iterdir():
+            if not (entry.is_dir() and entry.name.startswith(self._partial_prefix)):
+                continue
+            pid = entry.name[len(self._partial_prefix):].split("-", 1)[0]
+            if pid.isdigit() and not _process_alive(int(pid)):
+                shutil.rmtree(entry, ignore_errors=True)
 
     def __exit__(self, exc_type, exc, tb) -> None:
         if exc_type is not None:
@@ -190,6 +251,18 @@ class BundleWriter:
         if old is not None:
             shutil.rmtree(old, ignore_errors=True)
         self.bundle = load_bundle(self.out_dir)
+
+
+def _process_alive(pid: int) -> bool:
+    if os.name != "posix":  # os.kill(pid, 0) would terminate the process on Windows: keep the leftovers
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def update_manifest(bundle: Bundle, **fields: Any) -> Bundle:

@@ -11,8 +11,9 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from .bundle import Bundle, load_bundle
-from .preprocess import Normalizer, resize
+from .bundle import Bundle, BundleError, load_bundle
+from .preprocess import INTERPOLATIONS, Normalizer, resize
+from .runtimes.base import RuntimeFailure
 
 _GRAY_HINT = "convert with cv2.cvtColor(img, cv2.COLOR_GRAY2BGR)"
 _BGRA_HINT = "convert with cv2.cvtColor(img, cv2.COLOR_BGRA2BGR)"
@@ -22,16 +23,36 @@ def _describe(a: np.ndarray) -> str:
     return f"array of shape {a.shape} and dtype {a.dtype}"
 
 
-def _check_crop(crop: Any, index: int | None) -> np.ndarray:
-    where = "crop" if index is None else f"crop {index}"
-    if not isinstance(crop, np.ndarray):
-        raise TypeError(f"{where}: expected a numpy array HxWx3 uint8 BGR, got {type(crop).__name__}")
-    if crop.dtype != np.uint8:
+def _check_dtype(a: np.ndarray, where: str) -> None:
+    if a.dtype != np.uint8:
         extra = ""
-        if crop.dtype.kind == "f" and crop.size and not np.isfinite(crop).all():
+        if a.dtype.kind == "f" and a.size and not np.isfinite(a).all():
             extra = ", containing NaN/inf"
         raise TypeError(f"{where}: expected dtype uint8 (BGR 0-255, as cv2.imread gives), got "
-                        f"{crop.dtype}{extra}; convert explicitly, e.g. np.clip(x, 0, 255).astype(np.uint8)")
+                        f"{a.dtype}{extra}; convert explicitly, e.g. np.clip(x, 0, 255).astype(np.uint8)")
+
+
+def _check_batch(batch: np.ndarray) -> list[np.ndarray]:
+    """An (N,H,W,3) array, checked as a whole (its crops share shape and dtype; N may be 0)."""
+    where = f"batch of shape {batch.shape}"
+    if batch.shape[3] != 3 and batch.shape[1] == 3:
+        hint = " (an already preprocessed tensor? pass raw uint8 BGR crops)" if batch.dtype.kind == "f" else ""
+        raise ValueError(f"{where}: expected (N,H,W,3) channels-last BGR, got (N,3,H,W) channels-first{hint}; "
+                         "use batch.transpose(0, 2, 3, 1)")
+    _check_dtype(batch, where)
+    if batch.shape[3] != 3:
+        hint = _BGRA_HINT if batch.shape[3] == 4 else _GRAY_HINT if batch.shape[3] == 1 else ""
+        raise ValueError(f"{where}: expected 3 channels (BGR), got {batch.shape[3]}" + (f"; {hint}" if hint else ""))
+    if batch.shape[1] == 0 or batch.shape[2] == 0:
+        raise ValueError(f"{where}: empty crops (zero height or width)")
+    return list(batch)
+
+
+def _check_crop(crop: Any, index: int | None, what: str = "crop") -> np.ndarray:
+    where = what if index is None else f"{what} {index}"
+    if not isinstance(crop, np.ndarray):
+        raise TypeError(f"{where}: expected a numpy array HxWx3 uint8 BGR, got {type(crop).__name__}")
+    _check_dtype(crop, where)
     if crop.ndim == 2:
         raise ValueError(f"{where}: expected HxWx3 BGR, got a 2-D {crop.shape} grayscale image; {_GRAY_HINT}")
     if crop.ndim != 3:
@@ -56,10 +77,7 @@ def as_crop_list(crops: Any) -> list[np.ndarray]:
     """
     if isinstance(crops, np.ndarray):
         if crops.ndim == 4:
-            if crops.shape[-1] != 3 and crops.shape[1] == 3:
-                raise ValueError(f"expected (N,H,W,3) channels-last BGR, got {crops.shape}: looks like "
-                                 "(N,3,H,W) channels-first; use batch.transpose(0, 2, 3, 1)")
-            return [_check_crop(c, i) for i, c in enumerate(crops)]
+            return _check_batch(crops)
         return [_check_crop(crops, None)]
     if isinstance(crops, (list, tuple)):
         return [_check_crop(c, i) for i, c in enumerate(crops)]
@@ -115,12 +133,18 @@ class Extractor:
 
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+        if runtime is not None and runtime not in runtimes.names():
+            raise ValueError(f"unknown runtime {runtime!r}; known: {', '.join(runtimes.names())}")
         self.bundle = bundle if isinstance(bundle, Bundle) else load_bundle(bundle, verify=verify)
-        self._runtime = runtimes.create(self.bundle, runtime, device=device, threads=threads, **runtime_options)
-        max_batch = self.bundle.max_batch
-        self.batch_size = min(batch_size, max_batch) if max_batch else batch_size
         pre = self.bundle.manifest["preprocess"]
         self.interpolation = pre.get("interpolation", "pil")
+        if self.interpolation not in INTERPOLATIONS:
+            raise BundleError(f"bundle {self.bundle.path}: preprocess.interpolation must be one of "
+                              f"{INTERPOLATIONS}, got {self.interpolation!r}")
+        self._runtime = runtimes.create(self.bundle, runtime, device=device, threads=threads, **runtime_options)
+        self._runtime_name = self._runtime.name  # still known (repr, messages) after close()
+        max_batch = self.bundle.max_batch
+        self.batch_size = min(batch_size, max_batch) if max_batch else batch_size
         self.fused = self.bundle.fused_preprocess
         self._normalize = None if self.fused else Normalizer(pre["mean"], pre["std"])
         self._lock = threading.Lock()
@@ -136,7 +160,7 @@ class Extractor:
 
     @property
     def runtime(self) -> str:
-        return self._runtime.name
+        return self._runtime_name
 
     @property
     def precision(self) -> str:
@@ -160,7 +184,19 @@ class Extractor:
         with self._lock:
             if self._runtime is None:
                 raise RuntimeError("Extractor is closed")
-            return self._runtime.infer(batch)
+            try:
+                raw = self._runtime.infer(batch)
+            except RuntimeFailure:
+                raise
+            except Exception as exc:  # a runtime's own exception types: one readable error
+                detail = " ".join(line.strip() for line in str(exc).splitlines() if line.strip())
+                raise RuntimeFailure(f"{self.runtime} inference failed on a batch of shape {batch.shape} "
+                                     f"{batch.dtype}: {detail or type(exc).__name__} (does manifest.json match "
+                                     "the model? re-export the bundle)") from exc
+        if raw.shape != (len(batch), self.dim):
+            raise RuntimeFailure(f"{self.runtime} returned shape {raw.shape} for a batch of {len(batch)}; the "
+                                 f"manifest says embedding_dim {self.dim} (re-export the bundle)")
+        return raw
 
     def __call__(self, crops: Any) -> np.ndarray:
         crops = as_crop_list(crops)
@@ -173,7 +209,7 @@ class Extractor:
 
     def from_frame(self, frame: Any, boxes: Any) -> np.ndarray:
         """Embed the ``boxes`` (N,4 xyxy pixels, clipped to the frame) of one HxWx3 uint8 frame."""
-        frame = _check_crop(frame, None) if isinstance(frame, np.ndarray) else _check_crop(frame, None)
+        frame = _check_crop(frame, None, what="frame")
         clipped = clip_boxes(boxes, frame.shape[:2])
         return self([frame[y1:y2, x1:x2] for x1, y1, x2, y2 in clipped])
 

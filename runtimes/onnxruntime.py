@@ -50,8 +50,9 @@ def open_session(model_path: str, device: str = "cpu", threads: int | None = Non
     if wanted[0] not in present:
         raise RuntimeFailure(f"onnxruntime here has no {wanted[0]} (available: {present}); "
                              "install onnxruntime-gpu for CUDA/TensorRT providers or use device='cpu'")
+    options = session_options(threads)  # bad arguments raise here, not as a "corrupt model" below
     try:
-        return ort.InferenceSession(str(model_path), sess_options=session_options(threads),
+        return ort.InferenceSession(str(model_path), sess_options=options,
                                     providers=[p for p in wanted if p in present])
     except Exception as exc:
         raise RuntimeFailure(f"onnxruntime could not load {model_path}: {str(exc).splitlines()[0]} "

@@ -49,6 +49,13 @@ def compile_config(precision: str, device: str, threads: int | None, hint: str,
     return config
 
 
+def _reason(exc: BaseException) -> str:
+    """OpenVINO's messages start with C++ source locations; keep the lines that say what went wrong."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    said = [line for line in lines if not line.startswith(("Exception from ", "Check '"))]
+    return " ".join(said or lines[-1:]) or type(exc).__name__
+
+
 class OpenVinoRuntime:
     """Runs a bundle's model.xml/.bin (fp32, fp16-compressed, bf16 or NNCF INT8)."""
 
@@ -73,13 +80,18 @@ class OpenVinoRuntime:
             raise RuntimeUnavailable("this bundle asks for bf16 but this CPU has no bf16 support "
                                      "(AVX512_BF16/AMX); export with --precision fp32")
         core = ov.Core()
+        config = compile_config(precision, self.device, threads, hint, cache_dir)
+        xml, weights = str(bundle.file("model.xml")), str(bundle.file("model.bin"))
         try:
-            model = core.read_model(str(bundle.file("model.xml")), str(bundle.file("model.bin")))
-            self.compiled = core.compile_model(
-                model, self.device, compile_config(precision, self.device, threads, hint, cache_dir))
+            model = core.read_model(xml, weights)
         except Exception as exc:
-            raise RuntimeFailure(f"openvino could not load {bundle.path}: {str(exc).splitlines()[0]} "
-                                 "(corrupt model files or unknown device?)") from None
+            raise RuntimeFailure(f"openvino could not read {bundle.path}'s model.xml/model.bin: "
+                                 f"{_reason(exc)} (corrupt or truncated model files? re-export the bundle)") from None
+        try:
+            self.compiled = core.compile_model(model, self.device, config)
+        except Exception as exc:
+            raise RuntimeFailure(f"openvino could not compile {bundle.path} for device {self.device!r}: "
+                                 f"{_reason(exc)} (available devices: {core.available_devices})") from None
         self.config = {k: str(self.compiled.get_property(k)) for k in ("INFERENCE_PRECISION_HINT",)
                        if self.device.startswith("CPU")}
         self.request = self.compiled.create_infer_request()

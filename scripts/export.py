@@ -74,6 +74,7 @@ def main(argv=None) -> int:
     from osnet_edge.bundle import COMPATIBLE_RUNTIMES
     try:
         from osnet_edge.export import export_bundle
+        import onnx  # noqa: F401  (imported lazily by the export: fail here, naming the extra)
     except ImportError as exc:
         raise CliError(f"export needs torch and onnx ({exc.name} missing): "
                        "pip install -c constraints.txt 'osnet_edge[export]'") from None

@@ -48,7 +48,11 @@ def read_checkpoint(path: str | os.PathLike, allow_unsafe_pickle: bool = False) 
                     f"{path} holds Python objects that torch.load(weights_only=True) refuses "
                     f"({msg}). Unpickling can execute arbitrary code: if you trust the file, pass "
                     "allow_unsafe_pickle=True (CLI: --allow-unsafe-pickle)") from None
-            obj = torch.load(path, map_location="cpu", weights_only=False)
+            try:
+                obj = torch.load(path, map_location="cpu", weights_only=False)
+            except Exception as exc2:  # e.g. a plain pickle that is no torch file at all
+                raise CheckpointError(f"{path} is not a readable PyTorch checkpoint: "
+                                      f"{str(exc2).splitlines()[0] if str(exc2) else type(exc2).__name__}") from None
         else:
             hint = " (file truncated?)" if zipfile.is_zipfile(path) is False and path.suffix in {".pth", ".pt", ".tar"} else ""
             raise CheckpointError(f"{path} is not a readable PyTorch checkpoint{hint}: {msg}") from None
