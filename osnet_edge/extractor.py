@@ -119,15 +119,16 @@ def clip_boxes(boxes: Any, frame_hw: tuple[int, int]) -> np.ndarray:
 class Extractor:
     """Embeds person crops with a bundle on one runtime: (N, dim) float32, rows L2-normalised.
 
-    ``Extractor(bundle_dir, runtime=None, device="cpu", threads=None, batch_size=32)``;
-    ``runtime`` defaults to the runtime the bundle was exported for.
+    ``Extractor(bundle_dir, runtime=None, device=None, threads=None, batch_size=32)``;
+    ``runtime`` defaults to the runtime the bundle was exported for; ``device=None`` is that
+    runtime's natural device (CPU for ONNX Runtime / OpenVINO, the first GPU for TensorRT).
 
     Thread safety: one Extractor may be shared between threads. Preprocessing runs in the
     caller's thread; the runtime call is serialised by a lock (runtimes' request objects are
     not all re-entrant), so results are identical to serial calls.
     """
 
-    def __init__(self, bundle: str | os.PathLike | Bundle, runtime: str | None = None, device: str = "cpu",
+    def __init__(self, bundle: str | os.PathLike | Bundle, runtime: str | None = None, device: str | None = None,
                  threads: int | None = None, batch_size: int = 32, verify: bool = True, **runtime_options) -> None:
         from . import runtimes
 

@@ -47,9 +47,13 @@ def available() -> list[str]:
     return out
 
 
-def create(bundle: "Bundle", runtime: str | None = None, device: str = "cpu",
+def create(bundle: "Bundle", runtime: str | None = None, device: str | None = None,
            threads: int | None = None, **options) -> Runtime:
-    """Open ``bundle`` with ``runtime`` (default: the runtime it was exported for)."""
+    """Open ``bundle`` with ``runtime`` (default: the runtime it was exported for).
+
+    ``device=None`` lets the runtime choose its natural device: CPU for ONNX Runtime and
+    OpenVINO, the first CUDA GPU for TensorRT.
+    """
     name = runtime or bundle.runtime
     bundle.check_runtime(name)
     return get(name)(bundle, device=device, threads=threads, **options)

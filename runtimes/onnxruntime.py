@@ -72,7 +72,8 @@ class OnnxRuntime:
     def version() -> str:
         return _import().__version__
 
-    def __init__(self, bundle: "Bundle", device: str = "cpu", threads: int | None = None) -> None:
+    def __init__(self, bundle: "Bundle", device: str | None = "cpu", threads: int | None = None) -> None:
+        device = device or "cpu"
         self.device = device
         self.session = open_session(str(bundle.file("model.onnx")), device, threads)
         self._input = self.session.get_inputs()[0].name

@@ -69,12 +69,12 @@ class OpenVinoRuntime:
     def version() -> str:
         return _import().get_version()
 
-    def __init__(self, bundle: "Bundle", device: str = "cpu", threads: int | None = None,
+    def __init__(self, bundle: "Bundle", device: str | None = "cpu", threads: int | None = None,
                  hint: str = "LATENCY", cache_dir: str | None = None) -> None:
         ov = _import()
         if hint not in ("LATENCY", "THROUGHPUT"):
             raise ValueError(f"hint must be 'LATENCY' or 'THROUGHPUT', got {hint!r}")
-        self.device = device.upper()
+        self.device = (device or "CPU").upper()
         precision = bundle.precision
         if precision == "bf16" and self.device.startswith("CPU") and not cpu_supports_bf16():
             raise RuntimeUnavailable("this bundle asks for bf16 but this CPU has no bf16 support "

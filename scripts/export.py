@@ -80,6 +80,13 @@ def main(argv=None) -> int:
                        "pip install -c constraints.txt 'osnet_edge[export]'") from None
     from osnet_edge.models import input_size
 
+    import importlib.util
+    needed = {"openvino": "openvino", "tensorrt": None, "onnxruntime": None}[args.target]
+    if args.precision == "int8":
+        needed = {"openvino": "nncf", "onnxruntime": "onnxruntime", "tensorrt": "onnxruntime"}[args.target]
+    if needed and importlib.util.find_spec(needed) is None:
+        raise CliError(f"--target {args.target} --precision {args.precision} needs {needed} on this host: "
+                       "pip install -c constraints.txt 'osnet_edge[quantize]'")
     if args.weights and not os.path.isfile(args.weights):
         raise CliError(f"--weights {args.weights}: no such file")
     if args.calib and not os.path.isdir(args.calib):
