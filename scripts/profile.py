@@ -1,31 +1,45 @@
 #!/usr/bin/env python3
-"""Params, mult-adds (and latency) of OSNet per width x resolution multiplier x variant."""
+"""Params, mult-adds and latency of OSNet per width x resolution x variant x runtime x precision x batch."""
 from __future__ import annotations
 
 import json
 import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+_HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, _HERE)
 from _cli import CliError, Parser, run  # noqa: E402
+
+# This file is named like the standard library's `profile` module, which cProfile (imported by
+# torch.export during ONNX export) needs: scripts/ must not stay on sys.path once _cli is in.
+sys.path[:] = [p for p in sys.path if os.path.abspath(p or os.curdir) != _HERE]
+if getattr(sys.modules.get("profile"), "__file__", None) == os.path.abspath(__file__):
+    del sys.modules["profile"]
 
 EXAMPLES = """\
 examples:
   # the paper's Table 6 (counts only, no runtime needed)
   python scripts/profile.py --width 1.0 0.75 0.5 0.25 --res 1.0 0.75 0.5 0.25 --no-latency --json table6.json
+  # latency of x0.25 at two resolutions on ONNX Runtime and OpenVINO, fp32 and int8, batch 1 and 8
+  python scripts/profile.py --width 0.25 --res 1.0 0.5 --runtime onnxruntime openvino \\
+      --precision fp32 int8 --batch 1 8 --json runs/latency.json --csv runs/latency.csv
+  # rerun the same command after an interruption: rows already in --json are skipped
 """
 
 
 def build_parser() -> Parser:
+    from osnet_edge.profiler import add_grid_arguments
+
     p = Parser(description="Profile OSNet configurations: exact params and mult-adds (the paper's counting: "
-               "conv + linear multiply-accumulates of one image, classifier excluded).", epilog=EXAMPLES)
-    p.add_argument("--width", type=float, nargs="+", default=[1.0, 0.75, 0.5, 0.25], help="width multipliers")
-    p.add_argument("--res", type=float, nargs="+", default=[1.0, 0.75, 0.5, 0.25],
-                   help="resolution multipliers on 256x128")
-    p.add_argument("--variant", nargs="+", choices=["osnet", "ibn", "ain"], default=["osnet"])
+               "conv + linear multiply-accumulates of one image, classifier excluded) and latency per runtime, "
+               "precision and batch, measured end to end through the Extractor and on the bare runtime.",
+               epilog=EXAMPLES)
+    add_grid_arguments(p)
     p.add_argument("--no-latency", action="store_true", help="counts only (needs no runtime)")
-    p.add_argument("--json", metavar="PATH", help="write the rows as a JSON list")
+    p.add_argument("--json", metavar="PATH", help="write the rows as a JSON list (latency: appended as they "
+                   "finish; a rerun skips rows already there)")
     p.add_argument("--csv", metavar="PATH", help="write the rows as CSV")
+    p.add_argument("--fresh", action="store_true", help="ignore rows already in --json/--csv (re-measure)")
     return p
 
 
@@ -43,23 +57,49 @@ def print_table(rows: list[dict]) -> None:
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    try:
-        from osnet_edge.profiler import count_grid
-    except ImportError as exc:
-        raise CliError(f"counting needs torch ({exc}): pip install -c constraints.txt 'osnet_edge[export]'") from None
-    rows = count_grid(args.width, args.res, args.variant)
-    print_table(rows)
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(rows, f, indent=2)
-        print(f"wrote {args.json}")
-    if args.csv:
-        import csv
-        with open(args.csv, "w", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=list(rows[0]))
-            w.writeheader()
-            w.writerows(rows)
-        print(f"wrote {args.csv}")
+    if args.no_latency:
+        try:
+            from osnet_edge.profiler import count_grid
+        except ImportError as exc:
+            raise CliError(f"counting needs torch ({exc}): pip install -c constraints.txt 'osnet_edge[export]'") from None
+        rows = count_grid(args.width, args.res, args.variant)
+        print_table(rows)
+        if args.json:
+            with open(args.json, "w") as f:
+                json.dump(rows, f, indent=2)
+            print(f"wrote {args.json}")
+        if args.csv:
+            import csv
+            with open(args.csv, "w", newline="") as f:
+                w = csv.DictWriter(f, fieldnames=list(rows[0]))
+                w.writeheader()
+                w.writerows(rows)
+            print(f"wrote {args.csv}")
+        return 0
+
+    from osnet_edge.machine import machine_summary
+    from osnet_edge.profiler import (RowStore, budget_from_args, calibration_from_args, crops_from_args,
+                                     format_latency_table, grid_points, profile_grid, weights_map_from_args)
+
+    points = grid_points(args.width, args.res, args.runtime, args.precision, args.variant)
+    crops, crop_source = crops_from_args(args)
+    store = RowStore(args.json, args.csv, resume=not args.fresh)
+    print(f"machine: {machine_summary()}")
+    print(f"timing: {len(points)} configs x batch {args.batch} x mode {args.mode}, {args.budget_s:g} s per row "
+          f"after {args.warmup} warm-up calls, inputs: {crop_source}")
+    result = profile_grid(points, crops, args.work, batches=args.batch, modes=args.mode, threads=args.threads,
+                          device=args.device, weights=weights_map_from_args(args.weights, args.weights_for),
+                          calibration=calibration_from_args(args), budget=budget_from_args(args),
+                          store=store, progress=not args.no_progress)
+    if result.rows:
+        print(format_latency_table(result.rows))
+    for s in result.skipped:
+        print(f"skipped {s['config']}: {s['reason']}")
+    for path in (args.json, args.csv):
+        if path:
+            print(f"wrote {path}")
+    if not result.rows:
+        raise CliError("no configuration could be measured (see the skipped lines above)")
     return 0
 
 
