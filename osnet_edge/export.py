@@ -222,7 +222,13 @@ def export_bundle(out: str | os.PathLike, width: float = 1.0, res: float = 1.0, 
             from .quantize import quantize
 
             step(f"quantizing for {target} with {calibration.num_images} calibration images")
-            result = quantize(fp32_path, calibration, target, w.path, method=calib_method, **quant_options)
+            # Trained weights: quantization-aware distillation with the torch model as FP32 teacher
+            # (quant_options distill=False turns it off). Random weights: plain PTQ (nothing to keep).
+            trained = weights_info is not None or bool(getattr(model, "adaptation", None))
+            teacher = model if trained or quant_options.get("distill") is True else None
+            quant_options.setdefault("progress", on_step is not None or log.isEnabledFor(logging.INFO))
+            result = quantize(fp32_path, calibration, target, w.path, method=calib_method, torch_model=teacher,
+                              **quant_options)
             calibration_info = {**calibration.describe(), "method": result.method}
             quant_report = result.report
         elif target == "openvino":

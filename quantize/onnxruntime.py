@@ -1,0 +1,129 @@
+"""ONNX Runtime INT8: static QDQ quantization (U8 asymmetric activations, S8 symmetric per-channel weights).
+
+The QDQ graph is plain ONNX: ONNX Runtime fuses DequantizeLinear -> Conv -> QuantizeLinear into
+integer kernels (VNNI / AVX2 / NEON dot products) at load. ``tensorrt.py`` reuses
+:func:`quantize_qdq` with TensorRT's symmetric int8 rules.
+"""
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import os
+import warnings
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+RUNTIME = "onnxruntime"
+MODEL_FILES = ("model.onnx",)
+METHODS = ("minmax", "entropy", "percentile")
+ACTIVATION_SCHEME = "uint8 asymmetric"
+QUANTIZABLE_OPS = ("Conv", "Gemm", "MatMul")
+
+
+def _ort_quant():
+    try:
+        from onnxruntime import quantization
+    except ImportError as exc:
+        raise ImportError("INT8 for onnxruntime/tensorrt needs onnxruntime: "
+                          "pip install 'osnet_edge[onnxruntime]'") from exc
+    return quantization
+
+
+@contextlib.contextmanager
+def _quiet():
+    """ORT's quantizer prints histograms and logs warnings per tensor; keep the console readable."""
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        root.setLevel(level)
+
+
+def prepare(src: str | os.PathLike, dst: str | os.PathLike) -> Path:
+    """ORT's recommended pre-processing (symbolic shape inference, graph optimisation) before quantizing."""
+    q = _ort_quant()
+    with _quiet():
+        try:
+            q.shape_inference.quant_pre_process(str(src), str(dst), skip_symbolic_shape=False)
+        except Exception:  # symbolic shape inference can fail on unusual graphs; ONNX inference then
+            q.shape_inference.quant_pre_process(str(src), str(dst), skip_symbolic_shape=True)
+    return Path(dst)
+
+
+def quantizable_nodes(onnx_path: str | os.PathLike) -> list[str]:
+    """Names of the nodes that carry weights (Conv / Gemm / MatMul): the layers mixed precision can keep fp32."""
+    import onnx
+
+    proto = onnx.load(str(onnx_path))
+    return [n.name for n in proto.graph.node if n.op_type in QUANTIZABLE_OPS]
+
+
+class _Reader:
+    """CalibrationDataReader over a model-input array, one image per call (ORT's calibrators want that)."""
+
+    def __init__(self, name: str, data: np.ndarray, batch: int = 1) -> None:
+        self._it = iter([{name: data[i:i + batch]} for i in range(0, len(data), batch)])
+
+    def get_next(self):
+        return next(self._it, None)
+
+
+def quantize_qdq(src_onnx: str, calib: np.ndarray, work: Path, method: str, per_channel: bool,
+                 exclude: Sequence[str], symmetric_activations: bool, options: dict[str, Any]) -> dict:
+    """ORT ``quantize_static`` in QDQ format into ``work/model.onnx``; returns what was used."""
+    import onnx
+
+    q = _ort_quant()
+    methods = {"minmax": q.CalibrationMethod.MinMax, "entropy": q.CalibrationMethod.Entropy,
+               "percentile": q.CalibrationMethod.Percentile}
+    extra: dict[str, Any] = {"WeightSymmetric": True, "ActivationSymmetric": bool(symmetric_activations)}
+    if method == "percentile":
+        extra["CalibPercentile"] = float(options.pop("percentile", 99.999))
+    extra.update(options.pop("extra_options", {}) or {})
+    unknown = sorted(options)
+    if unknown:
+        raise ValueError(f"unknown quantization option(s) for ORT QDQ: {unknown}")
+    pre = work / "_pre.onnx"
+    prepare(src_onnx, pre)
+    input_name = onnx.load(str(pre), load_external_data=False).graph.input[0].name
+    act = q.QuantType.QInt8 if symmetric_activations else q.QuantType.QUInt8
+    names = quantizable_nodes(pre)
+    missing = [n for n in exclude if n not in {m.name for m in onnx.load(str(pre)).graph.node}]
+    if missing:
+        raise ValueError(f"nodes to keep in fp32 not found in the graph: {missing[:10]}")
+    with _quiet():
+        q.quantize_static(str(pre), str(work / "model.onnx"), _Reader(input_name, calib),
+                          quant_format=q.QuantFormat.QDQ, per_channel=per_channel, activation_type=act,
+                          weight_type=q.QuantType.QInt8, nodes_to_exclude=list(exclude) or None,
+                          calibrate_method=methods[method], extra_options=extra)
+    pre.unlink()
+    onnx.checker.check_model(str(work / "model.onnx"))
+    return {"num_quantizable": len(names), "options": {"calibrate_method": method, **{
+        k: v for k, v in extra.items() if isinstance(v, (bool, int, float, str))}}}
+
+
+def quantize_model(src_onnx: str, calib: np.ndarray, work: Path, method: str = "minmax", per_channel: bool = True,
+                   exclude: Sequence[str] = (), **options: Any) -> dict:
+    """U8S8 QDQ for ONNX Runtime CPU (asymmetric uint8 activations suit post-ReLU tensors)."""
+    return quantize_qdq(src_onnx, calib, work, method, per_channel, exclude, symmetric_activations=False,
+                        options=dict(options))
+
+
+def fp32_runner(onnx_path: str, threads: int | None = None) -> Callable[[np.ndarray], np.ndarray]:
+    from osnet_edge.runtimes.onnxruntime import open_session
+
+    sess = open_session(onnx_path, "cpu", threads)
+    name = sess.get_inputs()[0].name
+    return lambda x: sess.run(None, {name: x})[0]
+
+
+def int8_runner(model_dir: Path, threads: int | None = None) -> Callable[[np.ndarray], np.ndarray]:
+    """The QDQ model as the Extractor's runtime will run it (full graph optimisation, CPU)."""
+    return fp32_runner(str(Path(model_dir) / "model.onnx"), threads)
