@@ -1,0 +1,125 @@
+"""The adaptation recipe (torch-free, so that ``scripts/adapt.py --help`` works without torch)."""
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from typing import Mapping, Union
+
+from .adapt_views import Augmentation
+
+__all__ = ["AdaptConfig", "parse_losses", "resolve_auto_losses", "KD_LOSSES", "LABEL_LOSSES", "AUTO"]
+
+KD_LOSSES = ("cosine", "relational", "simkl", "fmap")
+LABEL_LOSSES = ("ce", "triplet")
+# "auto": the best distillation losses the teacher allows, resolved once it is loaded
+# (resolve_auto_losses): cosine + fmap from a same-width OSNet checkpoint, cosine from any
+# 512-d teacher, simkl + relational from a teacher with another embedding size.
+AUTO = "auto"
+
+
+def parse_losses(spec: Union[str, Mapping[str, float]]) -> dict[str, float]:
+    """``"cosine=1,relational=0.5"`` (or a mapping) -> {name: weight}; a bare name weighs 1.
+
+    ``auto`` stands for the teacher-dependent distillation default (see :data:`AUTO`)."""
+    if isinstance(spec, Mapping):
+        items = list(spec.items())
+    else:
+        items = []
+        for part in (p.strip() for p in str(spec).split(",")):
+            if not part:
+                continue
+            name, _, weight = part.partition("=")
+            try:
+                items.append((name.strip(), float(weight) if weight else 1.0))
+            except ValueError:
+                raise ValueError(f"loss weight in {part!r} is not a number") from None
+    out: dict[str, float] = {}
+    for name, weight in items:
+        if name not in KD_LOSSES + LABEL_LOSSES + (AUTO,):
+            raise ValueError(f"unknown loss {name!r}; known: {', '.join(KD_LOSSES + LABEL_LOSSES + (AUTO,))}")
+        if not (isinstance(weight, (int, float)) and math.isfinite(weight) and weight >= 0):
+            raise ValueError(f"loss weight for {name} must be a finite number >= 0, got {weight!r}")
+        if weight > 0:
+            out[name] = float(weight)
+    if not out:
+        raise ValueError(f"no loss with a positive weight in {spec!r}")
+    return out
+
+
+@dataclass
+class AdaptConfig:
+    """Adaptation recipe. Defaults are the measured best for x0.25 @ res 0.5 (README, "Adaptation")."""
+    epochs: int = 16
+    batch_size: int = 64
+    lr: float = 0.0015
+    weight_decay: float = 5e-4
+    schedule: str = "cosine"            # "cosine" (after a linear warm-up) or "constant"
+    warmup_epochs: float = 1.0
+    losses: dict = field(default_factory=lambda: {AUTO: 1.0})
+    temperature: float = 0.05           # simkl softmax temperature on cosine similarities
+    label_smoothing: float = 0.1
+    triplet_margin: float = 0.3
+    instances_per_id: int = 4           # K of P x K sampling (triplet)
+    bn: str = "train"                   # "train": batch statistics + recalibration; "frozen"
+    adabn: bool = True                  # re-estimate BN statistics at the student resolution first
+    recalibrate: bool = True            # precise BN on clean views after training (bn="train")
+    freeze: tuple = ()                  # top-level modules kept fixed, e.g. ("conv1", "conv2")
+    augmentation: Augmentation = field(default_factory=Augmentation)
+    view_sets: int = 0                  # distinct augmented view sets; 0 = a fresh one per epoch
+    teacher_res: float = 1.0
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        self.losses = parse_losses(self.losses)
+        self.freeze = tuple(self.freeze)
+        for name in ("epochs", "batch_size", "instances_per_id"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise ValueError(f"{name} must be a positive int, got {v!r}")
+        if self.batch_size < 2:
+            raise ValueError("batch_size must be >= 2 (BatchNorm and relational losses need a batch)")
+        if not self.lr > 0:
+            raise ValueError(f"lr must be > 0, got {self.lr}")
+        if self.schedule not in ("cosine", "constant"):
+            raise ValueError(f"schedule must be 'cosine' or 'constant', got {self.schedule!r}")
+        if self.bn not in ("train", "frozen"):
+            raise ValueError(f"bn must be 'train' or 'frozen', got {self.bn!r}")
+        if self.view_sets < 0:
+            raise ValueError(f"view_sets must be >= 0, got {self.view_sets}")
+        if not self.temperature > 0:
+            raise ValueError(f"temperature must be > 0, got {self.temperature}")
+        if "triplet" in self.losses and self.batch_size % self.instances_per_id:
+            raise ValueError(f"batch_size {self.batch_size} must be a multiple of instances_per_id "
+                             f"{self.instances_per_id} for triplet (P x K) batches")
+
+    @property
+    def uses_teacher(self) -> bool:
+        return any(k in self.losses for k in KD_LOSSES + (AUTO,))
+
+    @property
+    def uses_labels(self) -> bool:
+        return any(k in self.losses for k in LABEL_LOSSES)
+
+    def to_dict(self) -> dict:
+        d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        d["augmentation"] = self.augmentation.to_dict()
+        d["freeze"] = list(self.freeze)
+        d["losses"] = dict(self.losses)
+        return d
+
+
+def resolve_auto_losses(losses: Mapping[str, float], same_dim: bool, maps: bool) -> dict[str, float]:
+    """Replace ``auto`` (weight w) by concrete distillation losses for a given teacher.
+
+    ``same_dim``: the teacher's embedding size equals the student's; ``maps``: it can give
+    conv5 feature maps of the student's width (an OSNet checkpoint). Measured on x0.25 @ res 0.5
+    (README): cosine + fmap beat cosine alone, cosine + simkl and cosine + relational.
+    """
+    out = {k: v for k, v in losses.items() if k != AUTO}
+    if AUTO in losses:
+        w = losses[AUTO]
+        chosen = (["cosine", "fmap"] if maps else ["cosine"]) if same_dim else ["simkl", "relational"]
+        for name in chosen:
+            out.setdefault(name, w)
+    return out
