@@ -60,10 +60,18 @@ def trt_bundles(tmp_path_factory):
     """x0.25 @ 128x64 tensorrt bundles, fp32 and fp16 (real checkpoint when present)."""
     export = pytest.importorskip("osnet_edge.export", reason="export needs torch + onnx")
     root = tmp_path_factory.mktemp("trt_bundles")
-    weights = X025_MSMT if X025_MSMT.exists() else None
+    import torch
+
+    from osnet_edge.models import build_osnet, load_torchreid_weights
+
+    # one model for both precisions: without ../shared, two random initialisations would differ
+    torch.manual_seed(0)
+    model = build_osnet(0.25).eval()
+    if X025_MSMT.exists():
+        load_torchreid_weights(model, X025_MSMT)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        return {p: export.export_bundle(root / p, 0.25, 0.5, target="tensorrt", precision=p, weights=weights,
+        return {p: export.export_bundle(root / p, res=0.5, target="tensorrt", precision=p, model=model,
                                         max_batch=MAX_BATCH) for p in ("fp32", "fp16")}
 
 
