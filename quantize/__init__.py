@@ -219,7 +219,8 @@ def quantize(onnx_path: str | os.PathLike, calibration_set, backend: str, out_di
 
             source_onnx, distill_info = distill_to_onnx(
                 torch_model, calibration_set, onnx_path, tmp / "distilled.onnx", scheme=mod.ACTIVATION_SCHEME,
-                steps=distill_steps, seed=distill_seed, progress=progress)
+                steps=distill_steps, seed=distill_seed, progress=progress,
+                placement=backend_options.get("placement", "conv"))
 
         def attempt(excluded: Sequence[str], tag: str) -> tuple[Path, dict, np.ndarray]:
             work = tmp / tag
@@ -298,7 +299,8 @@ def _mixed_precision(mod, attempt, source_onnx, calib, method, per_channel, excl
     from .sensitivity import layer_sensitivity
 
     ranking = layer_sensitivity(str(source_onnx), calib, symmetric=mod.ACTIVATION_SCHEME == "int8 symmetric",
-                                per_channel=per_channel, exclude=excluded)
+                                per_channel=per_channel, exclude=excluded,
+                                placement=backend_options.get("placement", "conv"))
     candidates = [r["node"] for r in ranking if r["node"] not in excluded]
     limit = max(1, int(max_kept_fraction * len(ranking)))
     best = None

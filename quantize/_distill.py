@@ -25,7 +25,7 @@ import numpy as np
 DEFAULT_STEPS = 150  # measured: 400 steps gave no better held-out fidelity than 150
 DEFAULT_BATCH = 16
 DEFAULT_LR = 3e-5
-SIMULATION_VERSION = 2  # part of the distillation cache key: bump when the simulated INT8 changes
+SIMULATION_VERSION = 3  # part of the distillation cache key: bump when the simulated INT8 changes
 
 
 def _torch():
@@ -91,7 +91,12 @@ class ActivationFakeQuant:
         return x + (q - x).detach()
 
 
-def _attach(model, symmetric: bool):
+def _attach(model, symmetric: bool, placement: str = "conv"):
+    """Fake-quantize ``model`` where the backend's QDQ graph has Q/DQ pairs (see
+    ``quantize.onnxruntime.fp32_placement_nodes``): weights of the spatial convolutions, their
+    inputs, and their outputs after BN(+ReLU). With ``placement="conv"`` the gate MLP, gate
+    products, sums and the final fc stay fp32, as in the deployed graph; ``"all"`` mirrors ONNX
+    Runtime's default placement (everything quantized)."""
     torch = _torch()
     from torch.nn.utils import parametrize
 
@@ -99,16 +104,17 @@ def _attach(model, symmetric: bool):
 
     fq = ActivationFakeQuant(symmetric)
     handles = [model.register_forward_pre_hook(lambda mod, args: fq.reset())]
-    # Outputs the backends quantize too (ORT QDQ puts Q/DQ on every Conv/Add/Mul/Sigmoid output):
-    # conv blocks after BN+ReLU, gate products, residual branches, and inside the gate its two
-    # convolutions (no BN there) and the sigmoid.
-    out_types = (ChannelGate, Conv1x1Linear, ConvLayer, Conv1x1, LightConv3x3, torch.nn.Sigmoid)
     gate_convs = {id(c) for g in model.modules() if isinstance(g, ChannelGate) for c in (g.fc1, g.fc2)}
+    everything = placement == "all"
+    out_types = (Conv1x1Linear, ConvLayer, Conv1x1, LightConv3x3)
+    if everything:
+        out_types += (ChannelGate, torch.nn.Sigmoid)
     for name, m in model.named_modules():
-        if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear)):
+        kept_fp32 = id(m) in gate_convs or isinstance(m, torch.nn.Linear)
+        if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear)) and (everything or not kept_fp32):
             parametrize.register_parametrization(m, "weight", _weight_fq_module())
             handles.append(m.register_forward_pre_hook(lambda mod, args, n=name: (fq(n + ":in", args[0]),)))
-        if isinstance(m, out_types) or id(m) in gate_convs:
+        if isinstance(m, out_types) or (everything and id(m) in gate_convs):
             handles.append(m.register_forward_hook(lambda mod, args, out, n=name: fq(n + ":out", out)))
     return fq, handles
 
@@ -142,7 +148,7 @@ def _augment(x, gen, jitter: float = 0.0):
 
 def distill(teacher, calib: np.ndarray, scheme: str, steps: int | None = None, batch_size: int = DEFAULT_BATCH,
             lr: float = DEFAULT_LR, seed: int = 0, progress: bool = True, recalibrate_every: int = 20,
-            jitter: float = 0.0):
+            jitter: float = 0.0, placement: str = "conv"):
     """A copy of ``teacher`` trained to match it under simulated INT8; returns (student, info)."""
     torch = _torch()
     import torch.nn.functional as F
@@ -160,7 +166,7 @@ def distill(teacher, calib: np.ndarray, scheme: str, steps: int | None = None, b
         p.requires_grad_(False)
     for p in student.parameters():
         p.requires_grad_(True)
-    fq, handles = _attach(student, symmetric=scheme == "int8 symmetric")
+    fq, handles = _attach(student, symmetric=scheme == "int8 symmetric", placement=placement)
     data = torch.from_numpy(np.ascontiguousarray(calib, dtype=np.float32))
 
     def calibrate() -> None:
@@ -202,7 +208,7 @@ def distill(teacher, calib: np.ndarray, scheme: str, steps: int | None = None, b
     _detach_fake_quant(student, handles)
     for p in student.parameters():
         p.requires_grad_(False)
-    info = {"steps": steps, "recalibrate_every": recalibrate_every, "jitter": jitter, "batch_size": batch_size, "lr": lr, "seed": seed, "scheme": scheme,
+    info = {"steps": steps, "recalibrate_every": recalibrate_every, "jitter": jitter, "placement": placement, "batch_size": batch_size, "lr": lr, "seed": seed, "scheme": scheme,
             "train_images": int(len(data)), "simulated_cosine_first": first, "simulated_cosine_last": last,
             "seconds": round(time.perf_counter() - t0, 1),
             "what": "quantization-aware distillation: weights fine-tuned under simulated INT8 to match the FP32 "

@@ -13,7 +13,7 @@ from typing import Sequence
 
 import numpy as np
 
-from .onnxruntime import QUANTIZABLE_OPS, prepare, quantize_qdq
+from .onnxruntime import DEFAULT_PLACEMENT, QUANTIZABLE_OPS, fp32_placement_nodes, prepare, quantize_qdq
 
 
 def _with_outputs(proto, names: Sequence[str]):
@@ -36,14 +36,18 @@ def _session(proto):
 
 
 def layer_sensitivity(onnx_path: str, calib: np.ndarray, symmetric: bool, per_channel: bool = True,
-                      exclude: Sequence[str] = (), num_images: int = 16, batch_size: int = 4) -> list[dict]:
-    """Weighted layers of ``onnx_path`` ranked by the quantization noise they add, worst first."""
+                      exclude: Sequence[str] = (), num_images: int = 16, batch_size: int = 4,
+                      placement: str = DEFAULT_PLACEMENT) -> list[dict]:
+    """Weighted layers of ``onnx_path`` ranked by the quantization noise they add, worst first
+    (layers the placement already keeps in fp32 are not ranked)."""
     import onnx
 
     with tempfile.TemporaryDirectory(prefix="osnet_edge_sens_") as tmp:
         tmp = Path(tmp)
         pre = prepare(onnx_path, tmp / "pre.onnx")
-        quantize_qdq(str(pre), calib, tmp, "minmax", per_channel, exclude, symmetric, {})
+        quantize_qdq(str(pre), calib, tmp, "minmax", per_channel, exclude, symmetric, {"placement": placement})
+        if placement == "conv":
+            exclude = list(exclude) + fp32_placement_nodes(pre)
         fp32 = onnx.load(str(pre))
         qdq = onnx.load(str(tmp / "model.onnx"))
     float_inputs = {i.name for i in fp32.graph.input}

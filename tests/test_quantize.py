@@ -145,3 +145,29 @@ def test_export_int8_bundle_loads_in_extractor(small_model, calib, tmp_path):
     with Extractor(bundle.path) as ext:
         feats = ext(synthetic_crops(3, seed=5))
     assert feats.shape == (3, 512) and np.allclose(np.linalg.norm(feats, axis=1), 1, atol=1e-4)
+
+
+def test_conv_placement_keeps_gate_mlp_and_fc_in_fp32(fp32_onnx, calib, tmp_path):
+    """Default placement: Q/DQ on the spatial convolutions only; the gate MLP (1x1 tensors, a
+    one-channel hidden layer at x0.25) and the final fc stay fp32. ``placement="all"`` is ORT's own."""
+    from osnet_edge.quantize.onnxruntime import fp32_placement_nodes, quantize_qdq
+
+    data = calib.model_input()[:8]
+    for placement in ("conv", "all"):
+        work = tmp_path / placement
+        work.mkdir()
+        info = quantize_qdq(str(fp32_onnx), data, work, "minmax", True, [], False, {"placement": placement})
+        assert info["placement"] == placement
+        proto = onnx.load(str(work / "model.onnx"))
+        gate = [n.name for n in proto.graph.node if n.op_type == "Conv" and ".gate.fc" in n.input[1]]
+        fc = [n.name for n in proto.graph.node if n.op_type == "Gemm"]
+        spatial = [n.name for n in proto.graph.node if n.op_type == "Conv" and n.name not in gate]
+        assert len(gate) == 48 and len(fc) == 1 and len(spatial) > 100
+        assert all(_weight_is_quantized(proto, n) for n in spatial)
+        kept = [n for n in gate + fc if not _weight_is_quantized(proto, n)]
+        assert kept == (gate + fc if placement == "conv" else [])
+    names = set(fp32_placement_nodes(fp32_onnx))
+    ops = {n.op_type for n in onnx.load(str(fp32_onnx)).graph.node if n.name in names}
+    assert ops == {"Conv", "Gemm", "Mul", "Add", "ReduceMean", "Relu", "Sigmoid"}
+    with pytest.raises(ValueError, match="placement"):
+        quantize_qdq(str(fp32_onnx), data, tmp_path, "minmax", True, [], False, {"placement": "some"})
