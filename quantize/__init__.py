@@ -220,7 +220,11 @@ def quantize(onnx_path: str | os.PathLike, calibration_set, backend: str, out_di
             source_onnx, distill_info = distill_to_onnx(
                 torch_model, calibration_set, onnx_path, tmp / "distilled.onnx", scheme=mod.ACTIVATION_SCHEME,
                 steps=distill_steps, seed=distill_seed, progress=progress,
-                placement=backend_options.get("placement", "conv"))
+                placement=backend_options.get("placement", "conv"),
+                range_method="mse" if method == "mse" else "minmax",
+                shift_nonnegative=bool(getattr(mod, "SHIFTS_NONNEGATIVE", False)
+                                       and backend_options.get("shift_nonnegative", True)),
+                quantize_outputs=bool(getattr(mod, "QUANTIZES_OUTPUTS", True)))
 
         def attempt(excluded: Sequence[str], tag: str) -> tuple[Path, dict, np.ndarray]:
             work = tmp / tag

@@ -57,30 +57,56 @@ class ActivationFakeQuant:
     """Per-tensor activation fake quantization keyed by (layer, call index).
 
     A module called several times in one forward (OSNet's shared channel gate) gets one range
-    per call, as the exported graph has one tensor per call.
+    per call, as the exported graph has one tensor per call. ``range_method`` "minmax" or "mse"
+    (quantize/ranges.py: the same search the QDQ graph's ranges come from).
     """
 
-    def __init__(self, symmetric: bool) -> None:
+    def __init__(self, symmetric: bool, range_method: str = "minmax", shift_nonnegative: bool = False) -> None:
+        from .ranges import RANGE_METHODS
+
+        if range_method not in RANGE_METHODS:
+            raise ValueError(f"range_method must be one of {RANGE_METHODS}, got {range_method!r}")
         self.symmetric = symmetric
+        self.range_method = range_method
+        self.shift_nonnegative = shift_nonnegative
         self.ranges: dict[tuple[str, int], list[float]] = {}
+        self.observers: dict = {}
         self.calibrating = True
         self._calls: dict[str, int] = {}
 
     def reset(self) -> None:
         self._calls.clear()
 
+    def start_calibration(self) -> None:
+        self.ranges.clear()
+        self.observers.clear()
+        self.calibrating = True
+
+    def finish_calibration(self) -> None:
+        for k, obs in self.observers.items():
+            full_grid = self.shift_nonnegative and obs.lo >= 0
+            self.ranges[k] = list(obs.range(self.range_method, self.symmetric and not full_grid))
+        self.calibrating = False
+
     def __call__(self, key: str, x):
         torch = _torch()
+        from .ranges import RangeObserver
+
         i = self._calls.get(key, 0)
         self._calls[key] = i + 1
         k = (key, i)
         if self.calibrating:
-            lo, hi = float(x.min()), float(x.max())
-            r = self.ranges.setdefault(k, [lo, hi])
-            r[0], r[1] = min(r[0], lo), max(r[1], hi)
+            self.observers.setdefault(k, RangeObserver(
+                seed=len(self.observers), keep_samples=self.range_method == "mse")).update(
+                x.detach().float().numpy())
             return x
         lo, hi = self.ranges[k]
-        if self.symmetric:
+        if self.symmetric and self.shift_nonnegative and lo >= 0:
+            # TensorRT bundles shift non-negative tensors by c = hi/2 onto the whole int8 grid
+            c = hi / 2.0
+            scale = c / 127.0 or 1e-8
+            q = torch.clamp(torch.round((x - c) / scale), -127, 127) * scale + c
+        elif self.symmetric:
             scale = max(abs(lo), abs(hi)) / 127.0 or 1e-8
             q = torch.clamp(torch.round(x / scale), -127, 127) * scale
         else:
@@ -91,7 +117,8 @@ class ActivationFakeQuant:
         return x + (q - x).detach()
 
 
-def _attach(model, symmetric: bool, placement: str = "conv"):
+def _attach(model, symmetric: bool, placement: str = "conv", range_method: str = "minmax",
+            shift_nonnegative: bool = False, quantize_outputs: bool = True):
     """Fake-quantize ``model`` where the backend's QDQ graph has Q/DQ pairs (see
     ``quantize.onnxruntime.fp32_placement_nodes``): weights of the spatial convolutions, their
     inputs, and their outputs after BN(+ReLU). With ``placement="conv"`` the gate MLP, gate
@@ -102,7 +129,7 @@ def _attach(model, symmetric: bool, placement: str = "conv"):
 
     from osnet_edge.models.osnet import ChannelGate, Conv1x1, Conv1x1Linear, ConvLayer, LightConv3x3
 
-    fq = ActivationFakeQuant(symmetric)
+    fq = ActivationFakeQuant(symmetric, range_method, shift_nonnegative)
     handles = [model.register_forward_pre_hook(lambda mod, args: fq.reset())]
     gate_convs = {id(c) for g in model.modules() if isinstance(g, ChannelGate) for c in (g.fc1, g.fc2)}
     everything = placement == "all"
@@ -114,7 +141,7 @@ def _attach(model, symmetric: bool, placement: str = "conv"):
         if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear)) and (everything or not kept_fp32):
             parametrize.register_parametrization(m, "weight", _weight_fq_module())
             handles.append(m.register_forward_pre_hook(lambda mod, args, n=name: (fq(n + ":in", args[0]),)))
-        if isinstance(m, out_types) or (everything and id(m) in gate_convs):
+        if quantize_outputs and (isinstance(m, out_types) or (everything and id(m) in gate_convs)):
             handles.append(m.register_forward_hook(lambda mod, args, out, n=name: fq(n + ":out", out)))
     return fq, handles
 
@@ -148,7 +175,8 @@ def _augment(x, gen, jitter: float = 0.0):
 
 def distill(teacher, calib: np.ndarray, scheme: str, steps: int | None = None, batch_size: int = DEFAULT_BATCH,
             lr: float = DEFAULT_LR, seed: int = 0, progress: bool = True, recalibrate_every: int = 20,
-            jitter: float = 0.0, placement: str = "conv"):
+            jitter: float = 0.0, placement: str = "conv", range_method: str = "minmax",
+            shift_nonnegative: bool = False, quantize_outputs: bool = True):
     """A copy of ``teacher`` trained to match it under simulated INT8; returns (student, info)."""
     torch = _torch()
     import torch.nn.functional as F
@@ -166,18 +194,19 @@ def distill(teacher, calib: np.ndarray, scheme: str, steps: int | None = None, b
         p.requires_grad_(False)
     for p in student.parameters():
         p.requires_grad_(True)
-    fq, handles = _attach(student, symmetric=scheme == "int8 symmetric", placement=placement)
+    fq, handles = _attach(student, symmetric=scheme == "int8 symmetric", placement=placement,
+                          range_method=range_method, shift_nonnegative=shift_nonnegative,
+                          quantize_outputs=quantize_outputs)
     data = torch.from_numpy(np.ascontiguousarray(calib, dtype=np.float32))
 
     def calibrate() -> None:
-        """Min/max of every quantized tensor over the clean calibration crops: exactly what the
-        backend's MinMax calibration will compute on the trained weights."""
-        fq.ranges.clear()
-        fq.calibrating = True
+        """Ranges of every quantized tensor over the clean calibration crops: exactly what the
+        backend's calibration (MinMax, or the MSE search) will compute on the trained weights."""
+        fq.start_calibration()
         with torch.no_grad():
             for i in range(0, len(data), 32):
                 student(data[i:i + 32])
-        fq.calibrating = False
+        fq.finish_calibration()
 
     calibrate()
     t0 = time.perf_counter()
@@ -208,7 +237,8 @@ def distill(teacher, calib: np.ndarray, scheme: str, steps: int | None = None, b
     _detach_fake_quant(student, handles)
     for p in student.parameters():
         p.requires_grad_(False)
-    info = {"steps": steps, "recalibrate_every": recalibrate_every, "jitter": jitter, "placement": placement, "batch_size": batch_size, "lr": lr, "seed": seed, "scheme": scheme,
+    info = {"steps": steps, "recalibrate_every": recalibrate_every, "jitter": jitter, "placement": placement, "range_method": range_method, "shift_nonnegative": shift_nonnegative,
+            "quantize_outputs": quantize_outputs, "batch_size": batch_size, "lr": lr, "seed": seed, "scheme": scheme,
             "train_images": int(len(data)), "simulated_cosine_first": first, "simulated_cosine_last": last,
             "seconds": round(time.perf_counter() - t0, 1),
             "what": "quantization-aware distillation: weights fine-tuned under simulated INT8 to match the FP32 "

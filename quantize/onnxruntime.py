@@ -18,7 +18,7 @@ import numpy as np
 
 RUNTIME = "onnxruntime"
 MODEL_FILES = ("model.onnx",)
-METHODS = ("minmax", "entropy", "percentile")
+METHODS = ("minmax", "entropy", "percentile", "mse")
 ACTIVATION_SCHEME = "uint8 asymmetric"
 QUANTIZABLE_OPS = ("Conv", "Gemm", "MatMul")
 # Where Q/DQ pairs go. "conv" (default): the spatial convolutions and what feeds them; kept in fp32
@@ -101,6 +101,51 @@ def fp32_placement_nodes(onnx_path: str | os.PathLike) -> list[str]:
     return keep
 
 
+def quantized_activations(qdq_path: str | os.PathLike) -> list[str]:
+    """Names of the activation tensors a QDQ graph quantizes (inputs of QuantizeLinear that are not weights)."""
+    import onnx
+
+    proto = onnx.load(str(qdq_path), load_external_data=False)
+    weights = {i.name for i in proto.graph.initializer}
+    return sorted({n.input[0] for n in proto.graph.node if n.op_type == "QuantizeLinear" and n.input[0] not in weights})
+
+
+def mse_overrides(fp32_path: str | os.PathLike, tensors: Sequence[str], calib: np.ndarray, symmetric: bool,
+                  batch_size: int = 8, nonnegative_full_grid: bool = False) -> dict[str, list[dict]]:
+    """Per-tensor MSE-optimal ranges over the calibration crops, as ORT ``TensorQuantOverrides``.
+
+    ``nonnegative_full_grid``: non-negative tensors will be shifted onto the whole symmetric grid
+    (tensorrt.shift_nonnegative_activations), so their range is searched on that 255-level grid."""
+    import onnx
+    import onnxruntime as ort
+
+    from .ranges import RangeObserver
+
+    proto = onnx.load(str(fp32_path))
+    have = {o.name for o in proto.graph.output}
+    graph_inputs = {i.name for i in proto.graph.input}
+    wanted = [t for t in tensors if t not in graph_inputs]
+    for t in wanted:
+        if t not in have:
+            proto.graph.output.append(onnx.helper.make_tensor_value_info(t, onnx.TensorProto.FLOAT, None))
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    sess = ort.InferenceSession(proto.SerializeToString(), sess_options=opts, providers=["CPUExecutionProvider"])
+    input_name = sess.get_inputs()[0].name
+    observers = {t: RangeObserver(seed=i) for i, t in enumerate(tensors)}
+    for start in range(0, len(calib), batch_size):
+        x = calib[start:start + batch_size]
+        outs = dict(zip(wanted, sess.run(wanted, {input_name: x})))
+        outs.update({t: x for t in tensors if t in graph_inputs})
+        for t in tensors:
+            observers[t].update(outs[t])
+    overrides = {}
+    for t, obs in observers.items():
+        lo, hi = obs.range("mse", symmetric and not (nonnegative_full_grid and obs.lo >= 0))
+        overrides[t] = [{"rmin": np.array(lo, np.float32), "rmax": np.array(hi, np.float32)}]
+    return overrides
+
+
 class _Reader:
     """CalibrationDataReader over a model-input array, one image per call (ORT's calibrators want that)."""
 
@@ -118,8 +163,9 @@ def quantize_qdq(src_onnx: str, calib: np.ndarray, work: Path, method: str, per_
 
     q = _ort_quant()
     methods = {"minmax": q.CalibrationMethod.MinMax, "entropy": q.CalibrationMethod.Entropy,
-               "percentile": q.CalibrationMethod.Percentile}
+               "percentile": q.CalibrationMethod.Percentile, "mse": q.CalibrationMethod.MinMax}
     placement = options.pop("placement", DEFAULT_PLACEMENT)
+    full_grid = bool(options.pop("nonnegative_full_grid", False))
     if placement not in PLACEMENTS:
         raise ValueError(f"placement must be one of {PLACEMENTS}, got {placement!r}")
     extra: dict[str, Any] = {"WeightSymmetric": True, "ActivationSymmetric": bool(symmetric_activations)}
@@ -138,12 +184,21 @@ def quantize_qdq(src_onnx: str, calib: np.ndarray, work: Path, method: str, per_
     if missing:
         raise ValueError(f"nodes to keep in fp32 not found in the graph: {missing[:10]}")
     structural = fp32_placement_nodes(pre) if placement == "conv" else []
-    with _quiet():
-        q.quantize_static(str(pre), str(work / "model.onnx"), _Reader(input_name, calib),
-                          quant_format=q.QuantFormat.QDQ, per_channel=per_channel, activation_type=act,
-                          weight_type=q.QuantType.QInt8,
-                          nodes_to_exclude=sorted(set(exclude) | set(structural)) or None,
-                          calibrate_method=methods[method], extra_options=extra)
+
+    def run_quantizer(out: Path, extra_options: dict) -> None:
+        with _quiet():
+            q.quantize_static(str(pre), str(out), _Reader(input_name, calib),
+                              quant_format=q.QuantFormat.QDQ, per_channel=per_channel, activation_type=act,
+                              weight_type=q.QuantType.QInt8,
+                              nodes_to_exclude=sorted(set(exclude) | set(structural)) or None,
+                              calibrate_method=methods[method], extra_options=extra_options)
+
+    run_quantizer(work / "model.onnx", extra)
+    if method == "mse":  # same placement, activation ranges re-chosen to minimise quantization error
+        tensors = quantized_activations(work / "model.onnx")
+        overrides = mse_overrides(pre, tensors, calib, symmetric=bool(symmetric_activations),
+                                  nonnegative_full_grid=full_grid)
+        run_quantizer(work / "model.onnx", {**extra, "TensorQuantOverrides": overrides})
     pre.unlink()
     onnx.checker.check_model(str(work / "model.onnx"))
     structural_set = set(structural)

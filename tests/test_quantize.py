@@ -171,3 +171,88 @@ def test_conv_placement_keeps_gate_mlp_and_fc_in_fp32(fp32_onnx, calib, tmp_path
     assert ops == {"Conv", "Gemm", "Mul", "Add", "ReduceMean", "Relu", "Sigmoid"}
     with pytest.raises(ValueError, match="placement"):
         quantize_qdq(str(fp32_onnx), data, tmp_path, "minmax", True, [], False, {"placement": "some"})
+
+
+def test_tensorrt_qdq_quantizes_conv_inputs_only_and_shifts_nonnegative_tensors(fp32_onnx, calib, tmp_path):
+    """TensorRT bundles: Q/DQ only where an int8 conv reads, non-negative tensors shifted onto the
+    whole symmetric grid with the shift folded into fp32 biases. Same int8 convs, same fp32 function."""
+    from osnet_edge.quantize import onnx_embedder
+    from osnet_edge.quantize.tensorrt import check_tensorrt_rules, quantize_model
+
+    data = calib.model_input()
+    works = {}
+    for shift in (False, True):
+        works[shift] = tmp_path / str(shift)
+        works[shift].mkdir()
+        info = quantize_model(str(fp32_onnx), data, works[shift], shift_nonnegative=shift)
+        assert info["dropped_output_qdq"] > 20
+        check_tensorrt_rules(works[shift] / "model.onnx")
+    assert info["shift"]["shifted_tensors"] > 40 and info["shift"]["biases_folded"] >= info["shift"]["shifted_tensors"]
+
+    def int8_convs(proto):
+        producers = {o: n for n in proto.graph.node for o in n.output}
+        return sorted(n.name for n in proto.graph.node if n.op_type == "Conv"
+                      and getattr(producers.get(n.input[0]), "op_type", None) == "DequantizeLinear"
+                      and getattr(producers.get(n.input[1]), "op_type", None) == "DequantizeLinear")
+
+    plain, shifted = (onnx.load(str(works[s] / "model.onnx")) for s in (False, True))
+    assert len(int8_convs(plain)) > 100 and int8_convs(plain) == int8_convs(shifted)
+    # every Q/DQ left feeds an int8 conv
+    consumers = {}
+    for n in shifted.graph.node:
+        for i in n.input:
+            consumers.setdefault(i, []).append(n)
+    for q in (n for n in shifted.graph.node if n.op_type == "QuantizeLinear"):
+        users = [u for d in consumers[q.output[0]] for u in consumers.get(d.output[0], [])]
+        assert any(u.op_type == "Conv" for u in users), q.name
+    # the shift is exact: with activation Q/DQ removed (weights still int8-valued), both graphs agree
+    outs = []
+    for proto, tag in ((shifted, "s"), (plain, "p")):
+        onnx.save(_strip_qdq(proto), str(tmp_path / f"{tag}.onnx"))
+        outs.append(onnx_embedder(tmp_path / f"{tag}.onnx")(data[:4]))
+    np.testing.assert_allclose(outs[0], outs[1], rtol=1e-3, atol=1e-4)
+    # and it makes int8 more faithful to fp32
+    test = calib.holdout(32).model_input()
+    ref = onnx_embedder(fp32_onnx)(test)
+
+    def cos(path):
+        out = onnx_embedder(path)(test)
+        return float(np.mean(np.sum(out * ref, 1) / np.linalg.norm(out, axis=1) / np.linalg.norm(ref, axis=1)))
+    assert cos(works[True] / "model.onnx") > cos(works[False] / "model.onnx")
+
+
+def _strip_qdq(proto):
+    """The float network of a QDQ graph: each DQ(Q(x)) replaced by x, weight DQs by the dequantized weights."""
+    import copy
+
+    from onnx import numpy_helper
+
+    proto = copy.deepcopy(proto)
+    g = proto.graph
+    inits = {i.name: i for i in g.initializer}
+    rename, drop, new = {}, set(), []
+    producers = {o: n for n in g.node for o in n.output}
+    for n in g.node:
+        if n.op_type == "DequantizeLinear":
+            src = n.input[0]
+            if src in inits:  # weight: dequantize it now
+                q = numpy_helper.to_array(inits[src]).astype(np.float32)
+                scale = numpy_helper.to_array(inits[n.input[1]]).astype(np.float32)
+                axis = next((a.i for a in n.attribute if a.name == "axis"), 1)
+                if scale.size > 1:
+                    shape = [1] * q.ndim
+                    shape[axis] = -1
+                    scale = scale.reshape(shape)
+                new.append(numpy_helper.from_array(q * scale, n.output[0]))
+            else:
+                rename[n.output[0]] = producers[src].input[0]
+                drop.add(producers[src].name)
+            drop.add(n.name)
+    nodes = [n for n in g.node if n.name not in drop]
+    for n in nodes:
+        for j, name in enumerate(n.input):
+            n.input[j] = rename.get(name, name)
+    del g.node[:]
+    g.node.extend(nodes)
+    g.initializer.extend(new)
+    return proto
