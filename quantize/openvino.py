@@ -23,7 +23,7 @@ import numpy as np
 RUNTIME = "openvino"
 MODEL_FILES = ("model.xml", "model.bin")
 NNCF_PRESETS = ("mixed", "performance")
-QDQ_METHODS = ("minmax", "percentile", "entropy")
+QDQ_METHODS = ("minmax", "percentile", "entropy", "mse")
 METHODS = QDQ_METHODS + NNCF_PRESETS
 ACTIVATION_SCHEME = "uint8 asymmetric"
 

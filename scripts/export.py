@@ -46,8 +46,8 @@ def build_parser() -> Parser:
     p.add_argument("--calib-size", type=int, default=300, metavar="N",
                    help="calibration images sampled across identities/cameras (default 300)")
     p.add_argument("--calib-method", default=None, metavar="M",
-                   help="minmax | entropy | percentile (all backends; default minmax), or for openvino an "
-                        "NNCF preset: mixed | performance")
+                   help="activation ranges: minmax | entropy | percentile | mse (all backends; default minmax), "
+                        "or for openvino an NNCF preset: mixed | performance")
     p.add_argument("--min-cosine", type=float, default=None, metavar="X",
                    help="INT8: keep the most sensitive layers in fp32 until mean cosine vs fp32 >= X")
     p.add_argument("--out", metavar="DIR", help="bundle directory (default bundles/<variant>_x<w>_r<res>_<target>_<precision>)")
