@@ -6,12 +6,10 @@ import io
 import logging
 import os
 import platform
-import shutil
 import warnings
 from pathlib import Path
 from typing import Any, Callable
 
-import numpy as np
 import torch
 from torch import nn
 

@@ -1,7 +1,9 @@
 """Shared fixtures: the real data in ../shared/data (skipped with a reason when absent)."""
 from __future__ import annotations
 
+import importlib.util
 import os
+import sys
 from pathlib import Path
 
 import pytest
@@ -26,3 +28,18 @@ def shared_data() -> Path:
 @pytest.fixture(scope="session")
 def x025_checkpoint() -> Path:
     return require(X025_MSMT)
+
+
+def load_script(name: str, module_name: str | None = None):
+    """Import ``scripts/<name>`` as a module (to call its main() in this process: torch loads once).
+
+    sys.path is restored afterwards: scripts/ on it would shadow the standard library's ``profile``.
+    """
+    spec = importlib.util.spec_from_file_location(module_name or f"script_{name[:-3]}", REPO / "scripts" / name)
+    module = importlib.util.module_from_spec(spec)
+    saved = list(sys.path)
+    try:
+        spec.loader.exec_module(module)
+    finally:
+        sys.path[:] = saved
+    return module

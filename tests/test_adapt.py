@@ -1,10 +1,8 @@
 """Adaptation: short runs on a few synthetic crops (the long real-data run is scripts/adapt_experiment.py)."""
 from __future__ import annotations
 
-import importlib.util
 import json
 import re
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -20,7 +18,7 @@ from osnet_edge.models import build_osnet, input_size, load_torchreid_weights, r
 from osnet_edge.preprocess import preprocess, resize  # noqa: E402
 from osnet_edge.samples import synthetic_crops  # noqa: E402
 
-from .conftest import REPO, SHARED_DATA, require  # noqa: E402
+from .conftest import SHARED_DATA, load_script, require  # noqa: E402
 
 import cv2  # noqa: E402
 
@@ -303,15 +301,6 @@ def test_foreign_256d_teacher_distils_similarity_structure_only(tmp_path, checkp
 # The scripts' main() runs in this process through the same _cli.run() that ``python scripts/x.py``
 # uses (output captured): torch is imported once, not per subprocess.
 
-def load_script(name: str):
-    spec = importlib.util.spec_from_file_location(f"script_{name[:-3]}", REPO / "scripts" / name)
-    module = importlib.util.module_from_spec(spec)
-    saved = list(sys.path)
-    try:
-        spec.loader.exec_module(module)
-    finally:
-        sys.path[:] = saved  # scripts/ on sys.path would shadow the standard library's `profile`
-    return module
 
 
 def run_script(name: str, capsys, *argv) -> tuple[int, str, str]:

@@ -11,7 +11,6 @@ to CASES. Scripts still being written elsewhere are skipped with a reason.
 """
 from __future__ import annotations
 
-import importlib.util
 import os
 import re
 import signal
@@ -21,6 +20,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
+from .conftest import load_script
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPTS = REPO / "scripts"
@@ -165,14 +166,7 @@ def test_debug_shows_the_traceback(tmp_path):
 # These run the script's main() in this process through the same _cli.run() that
 # ``python scripts/export.py`` uses (stderr captured): torch is imported once, not per case.
 def _load_script(name: str):
-    spec = importlib.util.spec_from_file_location(f"script_{name[:-3]}", script(name))
-    module = importlib.util.module_from_spec(spec)
-    saved = list(sys.path)
-    try:
-        spec.loader.exec_module(module)
-    finally:
-        sys.path[:] = saved  # scripts/ on sys.path would shadow the standard library's `profile`
-    return module
+    return load_script(name)
 
 
 @pytest.fixture(scope="module")

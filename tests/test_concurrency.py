@@ -6,8 +6,6 @@ scripts/soak.py's (the same figures the script prints), loaded here as a module.
 """
 from __future__ import annotations
 
-import importlib.util
-import sys
 import warnings
 from pathlib import Path
 
@@ -21,19 +19,14 @@ pytest.importorskip("psutil", reason="RSS is measured with psutil (osnet_edge[de
 from osnet_edge import runtimes  # noqa: E402
 from osnet_edge.extractor import Extractor  # noqa: E402
 
+from .conftest import load_script  # noqa: E402
+
 SOAK_SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "soak.py"
 RUNTIMES = [r for r in ("onnxruntime", "openvino") if r in runtimes.available()]
 
 
 def _load_soak():
-    spec = importlib.util.spec_from_file_location("soak_script", SOAK_SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    saved = list(sys.path)
-    try:
-        spec.loader.exec_module(module)
-    finally:
-        sys.path[:] = saved  # scripts/ on sys.path would shadow the standard library's `profile`
-    return module
+    return load_script(SOAK_SCRIPT.name, "soak_script")
 
 
 soak_script = _load_soak()

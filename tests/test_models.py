@@ -12,7 +12,7 @@ from osnet_edge.models import (CheckpointError, build_osnet, create_model, input
                                load_torchreid_weights, scaled_channels)
 from osnet_edge.profiler import count_grid
 
-from .conftest import SHARED_DATA, X025_MARKET, X025_MSMT, require
+from .conftest import X025_MARKET, X025_MSMT, require
 
 # Paper Table 6: (width, res) -> mult-adds in millions as printed; params per width.
 TABLE6_MACS = {

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from osnet_edge import runtimes
-from osnet_edge.bundle import BundleError, load_bundle
+from osnet_edge.bundle import BundleError
 from osnet_edge.export import export_bundle
 from osnet_edge.extractor import Extractor
 from osnet_edge.preprocess import read_image
