@@ -24,6 +24,11 @@ def main(argv=None) -> int:
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--seconds", type=float, default=1.0, help="time per contender per round")
     p.add_argument("--work", default=None, help="where to export bundles (default: a temp dir)")
+    p.add_argument("--fuse-preprocess", action="store_true",
+                   help="bundles with colour swap and normalisation in the graph (the Extractor only resizes)")
+    p.add_argument("--runtime", nargs="+", default=["onnxruntime", "openvino"], choices=["onnxruntime", "openvino"],
+                   help="runtimes to compare (one per process gives the cleanest figures on few cores: an idle "
+                        "runtime's worker threads still take CPU from the one being timed)")
     args = p.parse_args(argv)
 
     import numpy as np
@@ -48,8 +53,9 @@ def main(argv=None) -> int:
 
     contenders = {}
     extractors = {}
-    for rt in [r for r in ("onnxruntime", "openvino") if r in runtimes.available()]:
-        b = export_bundle(os.path.join(work, rt), args.width, args.res, target=rt, weights=weights)
+    for rt in [r for r in args.runtime if r in runtimes.available()]:
+        b = export_bundle(os.path.join(work, rt), args.width, args.res, target=rt, weights=weights,
+                          fuse_preprocess=args.fuse_preprocess)
         ext = Extractor(b.path, threads=threads)
         prepared = ext.model_input([crop])
         extractors[rt] = ext
@@ -60,7 +66,10 @@ def main(argv=None) -> int:
     if tr is None:
         from osnet_edge.models import build_osnet
         tr = TorchRuntime(model=build_osnet(args.width), fused_preprocess=False, threads=threads)
-    x = torch.from_numpy(next(iter(extractors.values())).model_input([crop]))
+    from osnet_edge.preprocess import preprocess
+
+    first = next(iter(extractors.values()))
+    x = torch.from_numpy(preprocess([crop], first.input_size, first.interpolation))  # torch takes float NCHW
     model = tr.model
 
     def torch_eager():
