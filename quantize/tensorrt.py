@@ -1,5 +1,9 @@
 """TensorRT INT8: an explicit-quantization QDQ ONNX following TensorRT's rules.
 
+On top of ONNX Runtime's symmetric QDQ: Q/DQ only where an int8 layer reads
+(:func:`drop_output_only_qdq`) and non-negative tensors moved onto the whole int8 grid
+(:func:`shift_nonnegative_activations`); README "INT8" has the measurements.
+
 TensorRT 10/11 builds INT8 only from Q/DQ nodes (implicit calibrators are gone in 11): int8
 activations and weights, symmetric (zero point 0), weights per output channel (axis 0 of
 Conv / Gemm weights). ONNX Runtime's quantizer writes exactly that with symmetric settings, and
@@ -111,7 +115,7 @@ def drop_output_only_qdq(path: Path) -> int:
         for i in n.input:
             consumers.setdefault(i, []).append(n)
     graph_outputs = {o.name for o in g.output}
-    drop, rename = set(), {}
+    drop, rename, pairs = set(), {}, 0
     for q in [n for n in g.node if n.op_type == "QuantizeLinear" and n.input[0] not in inits]:
         dqs = consumers.get(q.output[0], [])
         if not dqs or any(d.op_type != "DequantizeLinear" for d in dqs):
@@ -122,6 +126,7 @@ def drop_output_only_qdq(path: Path) -> int:
         if any(u.op_type in ("Conv", "Gemm", "MatMul") and u.input[0] == d.output[0] for d, u in users):
             continue
         drop.add(q.name)
+        pairs += 1
         for d in dqs:
             drop.add(d.name)
             rename[d.output[0]] = q.input[0]
@@ -134,7 +139,7 @@ def drop_output_only_qdq(path: Path) -> int:
     g.node.extend(kept)
     onnx.checker.check_model(proto)
     onnx.save(proto, str(path))
-    return sum(1 for _ in drop) // 2
+    return pairs
 
 
 def shift_nonnegative_activations(path: Path) -> dict:
