@@ -110,6 +110,27 @@ def quantized_activations(qdq_path: str | os.PathLike) -> list[str]:
     return sorted({n.input[0] for n in proto.graph.node if n.op_type == "QuantizeLinear" and n.input[0] not in weights})
 
 
+def with_outputs(proto, names: Sequence[str]):
+    """``proto`` with the named intermediate tensors added as graph outputs (to read them at run time)."""
+    import onnx
+
+    have = {o.name for o in proto.graph.output}
+    for n in names:
+        if n not in have:
+            proto.graph.output.append(onnx.helper.make_tensor_value_info(n, onnx.TensorProto.FLOAT, None))
+    return proto
+
+
+def inspection_session(proto):
+    """A CPU session that runs the graph exactly as written (no fusion), for reading intermediate tensors."""
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    opts.log_severity_level = 3
+    return ort.InferenceSession(proto.SerializeToString(), sess_options=opts, providers=["CPUExecutionProvider"])
+
+
 def mse_overrides(fp32_path: str | os.PathLike, tensors: Sequence[str], calib: np.ndarray, symmetric: bool,
                   batch_size: int = 8, nonnegative_full_grid: bool = False) -> dict[str, list[dict]]:
     """Per-tensor MSE-optimal ranges over the calibration crops, as ORT ``TensorQuantOverrides``.
@@ -117,20 +138,13 @@ def mse_overrides(fp32_path: str | os.PathLike, tensors: Sequence[str], calib: n
     ``nonnegative_full_grid``: non-negative tensors will be shifted onto the whole symmetric grid
     (tensorrt.shift_nonnegative_activations), so their range is searched on that 255-level grid."""
     import onnx
-    import onnxruntime as ort
 
     from .ranges import RangeObserver
 
     proto = onnx.load(str(fp32_path))
-    have = {o.name for o in proto.graph.output}
     graph_inputs = {i.name for i in proto.graph.input}
     wanted = [t for t in tensors if t not in graph_inputs]
-    for t in wanted:
-        if t not in have:
-            proto.graph.output.append(onnx.helper.make_tensor_value_info(t, onnx.TensorProto.FLOAT, None))
-    opts = ort.SessionOptions()
-    opts.log_severity_level = 3
-    sess = ort.InferenceSession(proto.SerializeToString(), sess_options=opts, providers=["CPUExecutionProvider"])
+    sess = inspection_session(with_outputs(proto, wanted))
     input_name = sess.get_inputs()[0].name
     observers = {t: RangeObserver(seed=i) for i, t in enumerate(tensors)}
     for start in range(0, len(calib), batch_size):

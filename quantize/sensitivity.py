@@ -13,26 +13,8 @@ from typing import Sequence
 
 import numpy as np
 
-from .onnxruntime import DEFAULT_PLACEMENT, QUANTIZABLE_OPS, fp32_placement_nodes, prepare, quantize_qdq
-
-
-def _with_outputs(proto, names: Sequence[str]):
-    import onnx
-
-    have = {o.name for o in proto.graph.output}
-    for n in names:
-        if n not in have:
-            proto.graph.output.append(onnx.helper.make_tensor_value_info(n, onnx.TensorProto.FLOAT, None))
-    return proto
-
-
-def _session(proto):
-    import onnxruntime as ort
-
-    opts = ort.SessionOptions()
-    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    opts.log_severity_level = 3
-    return ort.InferenceSession(proto.SerializeToString(), sess_options=opts, providers=["CPUExecutionProvider"])
+from .onnxruntime import (DEFAULT_PLACEMENT, QUANTIZABLE_OPS, fp32_placement_nodes, inspection_session,
+                          prepare, quantize_qdq, with_outputs)
 
 
 def layer_sensitivity(onnx_path: str, calib: np.ndarray, symmetric: bool, per_channel: bool = True,
@@ -55,7 +37,7 @@ def layer_sensitivity(onnx_path: str, calib: np.ndarray, symmetric: bool, per_ch
     in_qdq = {o for n in qdq.graph.node for o in n.output}
     layers = [(n, i, o) for n, i, o in layers if o in in_qdq]  # a layer whose output was renamed is not ranked
     tensors = sorted({t for _, i, o in layers for t in (i, o) if t not in float_inputs and t in in_qdq})
-    s_fp32, s_q = _session(_with_outputs(fp32, tensors)), _session(_with_outputs(qdq, tensors))
+    s_fp32, s_q = inspection_session(with_outputs(fp32, tensors)), inspection_session(with_outputs(qdq, tensors))
     in_name = fp32.graph.input[0].name
     names_fp32 = [o.name for o in s_fp32.get_outputs()]
     names_q = [o.name for o in s_q.get_outputs()]

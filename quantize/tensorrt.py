@@ -37,9 +37,14 @@ def quantize_model(src_onnx: str, calib: np.ndarray, work: Path, method: str = "
     options["nonnegative_full_grid"] = shift  # MSE ranges: search non-negative tensors on the shifted grid
     info = quantize_qdq(src_onnx, calib, work, method, per_channel, exclude, symmetric_activations=True,
                         options=options)
-    info["dropped_output_qdq"] = drop_output_only_qdq(work / "model.onnx")
+    import onnx
+
+    proto = onnx.load(str(work / "model.onnx"))
+    info["dropped_output_qdq"] = drop_output_only_qdq(proto)
     if shift:
-        info["shift"] = shift_nonnegative_activations(work / "model.onnx")
+        info["shift"] = shift_nonnegative_activations(proto)
+    onnx.checker.check_model(proto)
+    onnx.save(proto, str(work / "model.onnx"))
     check_tensorrt_rules(work / "model.onnx")
     info["options"]["tensorrt_rules"] = "int8 symmetric, zero point 0, per-channel weights on axis 0"
     info["options"]["shift_nonnegative"] = shift
@@ -78,16 +83,38 @@ def _nonnegative(tensor: str, producers: dict, inits: set, depth: int = 0) -> bo
     return False
 
 
+def _consumers(graph) -> dict[str, list]:
+    """tensor name -> the nodes that read it."""
+    out: dict[str, list] = {}
+    for n in graph.node:
+        for i in n.input:
+            out.setdefault(i, []).append(n)
+    return out
+
+
+def dequantized_weight(dq, inits: dict) -> np.ndarray:
+    """The float64 values a weight DequantizeLinear node produces (int8 initializer x per-channel scale)."""
+    from onnx import numpy_helper
+
+    q = numpy_helper.to_array(inits[dq.input[0]]).astype(np.float64)
+    scale = numpy_helper.to_array(inits[dq.input[1]]).astype(np.float64)
+    axis = next((a.i for a in dq.attribute if a.name == "axis"), 1)
+    if scale.ndim == 1 and scale.size > 1:
+        shape = [1] * q.ndim
+        shape[axis] = -1
+        scale = scale.reshape(shape)
+    return q * scale
+
+
 def _foldable(node, inits: dict) -> bool:
     """A 1x1, stride-any, unpadded, ungrouped Conv (or a Gemm) whose fp32 bias can absorb a constant input shift."""
     from onnx import helper
 
-    if node.op_type == "Gemm":
-        attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
-        return not attrs.get("transA", 0)
-    if node.op_type != "Conv":
+    if node.op_type not in ("Gemm", "Conv"):
         return False
     attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+    if node.op_type == "Gemm":
+        return not attrs.get("transA", 0)
     if attrs.get("group", 1) != 1 or any(attrs.get("pads", [0])):
         return False
     if len(node.input) > 2 and node.input[2] and node.input[2] not in inits:
@@ -96,24 +123,18 @@ def _foldable(node, inits: dict) -> bool:
     return ks is not None and all(k == 1 for k in ks)
 
 
-def drop_output_only_qdq(path: Path) -> int:
+def drop_output_only_qdq(proto) -> int:
     """Remove Q/DQ pairs whose dequantized tensor feeds no int8 convolution / Gemm.
 
     ONNX Runtime's quantizer also quantizes a convolution's *output* (it needs that for its own
     QLinearConv kernels), e.g. the last Lite 3x3 of each stream before the gate and the bottleneck's
     1x1 projection before the residual add. TensorRT needs Q/DQ only on the inputs of the layers it
     runs in int8 and keeps other tensors in higher precision, so these pairs only add rounding
-    noise. Returns how many pairs were removed; rewrites ``path`` in place.
+    noise. Edits the ModelProto in place; returns how many pairs were removed.
     """
-    import onnx
-
-    proto = onnx.load(str(path))
     g = proto.graph
     inits = {i.name for i in g.initializer}
-    consumers: dict[str, list] = {}
-    for n in g.node:
-        for i in n.input:
-            consumers.setdefault(i, []).append(n)
+    consumers = _consumers(g)
     graph_outputs = {o.name for o in g.output}
     drop, rename, pairs = set(), {}, 0
     for q in [n for n in g.node if n.op_type == "QuantizeLinear" and n.input[0] not in inits]:
@@ -137,12 +158,10 @@ def drop_output_only_qdq(path: Path) -> int:
     kept = [n for n in g.node if n.name not in drop]
     del g.node[:]
     g.node.extend(kept)
-    onnx.checker.check_model(proto)
-    onnx.save(proto, str(path))
     return pairs
 
 
-def shift_nonnegative_activations(path: Path) -> dict:
+def shift_nonnegative_activations(proto) -> dict:
     """Give non-negative activations all 255 levels of symmetric int8 (TensorRT's only activation type).
 
     A post-ReLU tensor x in [0, r] quantized symmetrically uses only the 127 positive levels. Feeding
@@ -151,32 +170,20 @@ def shift_nonnegative_activations(path: Path) -> dict:
     (and Gemm) absorb it into their fp32 bias (W (x - c) + (b + c W 1) = W x + b), other consumers
     (residual adds, the gate's mean and product) get ``+ c`` after the DequantizeLinear. Zero points
     stay 0 and every Q/DQ stays int8 symmetric, as TensorRT requires; the shifts are elementwise
-    ops TensorRT fuses with the producing layer. Rewrites ``path`` in place.
+    ops TensorRT fuses with the producing layer. Edits the ModelProto in place.
     """
-    import onnx
     from onnx import helper, numpy_helper
 
-    proto = onnx.load(str(path))
     g = proto.graph
     inits = {i.name: i for i in g.initializer}
     producers = {o: n for n in g.node for o in n.output}
-    consumers: dict[str, list] = {}
-    for n in g.node:
-        for i in n.input:
-            consumers.setdefault(i, []).append(n)
+    consumers = _consumers(g)
 
     def weight_of(conv) -> np.ndarray | None:
         dq = producers.get(conv.input[1])
         if dq is None or dq.op_type != "DequantizeLinear" or dq.input[0] not in inits:
             return numpy_helper.to_array(inits[conv.input[1]]) if conv.input[1] in inits else None
-        q = numpy_helper.to_array(inits[dq.input[0]]).astype(np.float64)
-        scale = numpy_helper.to_array(inits[dq.input[1]]).astype(np.float64)
-        axis = next((a.i for a in dq.attribute if a.name == "axis"), 1)
-        if scale.ndim == 1 and scale.size > 1:
-            shape = [1] * q.ndim
-            shape[axis] = -1
-            scale = scale.reshape(shape)
-        return q * scale
+        return dequantized_weight(dq, inits)
 
     before: dict[str, list] = {}  # node name -> nodes to insert before it
     after: dict[str, list] = {}
@@ -234,6 +241,4 @@ def shift_nonnegative_activations(path: Path) -> dict:
     del g.node[:]
     g.node.extend(nodes)
     g.initializer.extend(new_inits)
-    onnx.checker.check_model(proto)
-    onnx.save(proto, str(path))
     return {"shifted_tensors": shifted, "biases_folded": folded, "shifts_restored": restored}

@@ -227,6 +227,8 @@ def _strip_qdq(proto):
 
     from onnx import numpy_helper
 
+    from osnet_edge.quantize.tensorrt import dequantized_weight
+
     proto = copy.deepcopy(proto)
     g = proto.graph
     inits = {i.name: i for i in g.initializer}
@@ -236,14 +238,7 @@ def _strip_qdq(proto):
         if n.op_type == "DequantizeLinear":
             src = n.input[0]
             if src in inits:  # weight: dequantize it now
-                q = numpy_helper.to_array(inits[src]).astype(np.float32)
-                scale = numpy_helper.to_array(inits[n.input[1]]).astype(np.float32)
-                axis = next((a.i for a in n.attribute if a.name == "axis"), 1)
-                if scale.size > 1:
-                    shape = [1] * q.ndim
-                    shape[axis] = -1
-                    scale = scale.reshape(shape)
-                new.append(numpy_helper.from_array(q * scale, n.output[0]))
+                new.append(numpy_helper.from_array(dequantized_weight(n, inits).astype(np.float32), n.output[0]))
             else:
                 rename[n.output[0]] = producers[src].input[0]
                 drop.add(producers[src].name)
