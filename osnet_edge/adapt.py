@@ -76,6 +76,16 @@ def _list_images(folder: Path) -> list[str]:
     return found
 
 
+def _label_order(pids: Sequence[Any]) -> list:
+    """Identities in ascending order (torchreid's relabelling: sorted pids -> 0..n-1), so that a
+    checkpoint's classifier rows line up with the labels of its own training set."""
+    unique = set(pids)
+    try:
+        return sorted(unique)
+    except TypeError:  # mixed, unorderable ids
+        return sorted(unique, key=repr)
+
+
 def _file_sha256(path: str) -> str:
     with open(path, "rb") as f:
         return hashlib.sha256(f.read()).hexdigest()
@@ -124,7 +134,7 @@ class AdaptationData:
             raise ValueError(f"{len(bad)} unreadable image(s), e.g. {bad[:5]}")
         labels = None
         if pids is not None:
-            index = {pid: i for i, pid in enumerate(sorted(set(pids), key=repr))}
+            index = {pid: i for i, pid in enumerate(_label_order(pids))}
             labels = np.array([index[p] for p in pids], dtype=np.int64)
         h = hashlib.sha256()
         keyed = sorted(zip((_file_sha256(p) for p in paths), [""] * len(paths) if labels is None
@@ -232,16 +242,19 @@ def _protocol_images(name: str, root: Optional[str]) -> tuple:
 
 
 def evaluate(model_or_embed: Union[nn.Module, Callable[[list], np.ndarray]], res: float = 1.0,
-             root: Optional[PathLike] = None, protocols: Sequence[str] = ("cuhk03-val", "cuhk01-test")) -> dict:
-    """Rank-1/5/10 and mAP (percent) on the agreed evaluation protocols of the shared data.
+             root: Optional[PathLike] = None, protocols: Optional[Sequence[str]] = None) -> dict:
+    """Rank-1/5/10 and mAP (percent) on the agreed evaluation protocols of the shared data
+    (default: Market-1501 when present, else the CUHK protocols: :func:`osnet_edge.data.default_protocols`).
 
     ``model_or_embed``: a torch model (run at ``res`` with the Extractor's preprocessing) or
     any callable crops -> embeddings (an Extractor, a ForeignModel).
     """
     from .metrics import rank_metrics
 
+    from .data import default_protocols
+
     out = {}
-    for name in protocols:
+    for name in protocols if protocols is not None else default_protocols(root):
         images, pids, camids, nq = _protocol_images(name, None if root is None else str(root))
         if isinstance(model_or_embed, nn.Module):
             feats = embed(model_or_embed, images, input_size(res))
@@ -407,6 +420,27 @@ def adapt(weights: PathLike, out: PathLike, data: Union[AdaptationData, Sequence
         torch.set_num_threads(before)
 
 
+def _classifier_head(state: Mapping[str, torch.Tensor], dim: int, num_ids: int,
+                     cfg: AdaptConfig) -> tuple[nn.Linear, str]:
+    """The cross-entropy head and how it was initialised.
+
+    ``cfg.head="auto"`` starts from the checkpoint's own classifier when it has exactly one row
+    per identity of the adaptation data (the checkpoint's training set, labels in torchreid's
+    sorted order): the loss then starts where training ended instead of from chance, which
+    matters in a run of a few epochs. Otherwise (or ``head="new"``) a fresh N(0, 0.01) layer.
+    """
+    head = nn.Linear(dim, num_ids)
+    weight, bias = state.get("classifier.weight"), state.get("classifier.bias")
+    with torch.no_grad():
+        if cfg.head == "auto" and weight is not None and tuple(weight.shape) == (num_ids, dim):
+            head.weight.copy_(weight)
+            head.bias.copy_(bias if bias is not None else torch.zeros(num_ids))
+            return head, f"checkpoint classifier ({num_ids} x {dim})"
+        head.weight.normal_(0.0, 0.01, generator=torch.Generator().manual_seed(cfg.seed))
+        head.bias.zero_()
+    return head, f"new ({num_ids} x {dim})"
+
+
 def _adapt(weights, out, data, res, width, variant, teacher, config, teacher_format, resume, overwrite,
            progress, threads, teacher_backend, on_epoch) -> AdaptResult:
     cfg = config or AdaptConfig()
@@ -466,12 +500,11 @@ def _adapt(weights, out, data, res, width, variant, teacher, config, teacher_for
     teacher_desc = teacher_obj.describe() if teacher_obj is not None else None
 
     head: Optional[nn.Linear] = None
+    head_init = None
     if cfg.uses_labels and "ce" in cfg.losses:
-        gen = torch.Generator().manual_seed(cfg.seed)
-        head = nn.Linear(student.feature_dim, data.num_ids)
-        with torch.no_grad():
-            head.weight.normal_(0.0, 0.01, generator=gen)
-            head.bias.zero_()
+        head, head_init = _classifier_head(state, student.feature_dim, data.num_ids, cfg)
+        if progress:
+            print(f"cross-entropy head: {head_init}", flush=True)
 
     fingerprint = _json_check({
         "config": cfg.to_dict(), "weights_sha256": init_info["sha256"], "width": width, "variant": variant,
@@ -555,7 +588,7 @@ def _adapt(weights, out, data, res, width, variant, teacher, config, teacher_for
             "student_init": {"source": str(weights.resolve()), "sha256": init_info["sha256"]},
             "data_hash": data.data_hash, "data_sources": data.sources, "num_images": len(data),
             "num_ids": data.num_ids if data.labels is not None else None,
-            "labels": data.labels is not None and cfg.uses_labels,
+            "labels": data.labels is not None and cfg.uses_labels, "head_init": head_init,
             "width": width, "variant": variant, "res": float(res), "input_size": list(hw),
             "epochs": epochs_done, "epochs_planned": cfg.epochs, "complete": complete,
             "losses": dict(cfg.losses), "loss_history": history,

@@ -59,6 +59,7 @@ class AdaptConfig:
     losses: dict = field(default_factory=lambda: {AUTO: 1.0})
     temperature: float = 0.05           # simkl softmax temperature on cosine similarities
     label_smoothing: float = 0.1
+    head: str = "auto"                  # ce head: "auto" = the checkpoint's classifier when it fits, "new"
     triplet_margin: float = 0.3
     instances_per_id: int = 4           # K of P x K sampling (triplet)
     bn: str = "train"                   # "train": batch statistics + recalibration; "frozen"
@@ -83,6 +84,8 @@ class AdaptConfig:
             raise ValueError(f"lr must be > 0, got {self.lr}")
         if self.schedule not in ("cosine", "constant"):
             raise ValueError(f"schedule must be 'cosine' or 'constant', got {self.schedule!r}")
+        if self.head not in ("auto", "new"):
+            raise ValueError(f"head must be 'auto' or 'new', got {self.head!r}")
         if self.bn not in ("train", "frozen"):
             raise ValueError(f"bn must be 'train' or 'frozen', got {self.bn!r}")
         if self.view_sets < 0:

@@ -18,7 +18,8 @@ __all__ = [
     "Sample", "parse_market1501", "parse_cuhk03", "parse_cuhk01", "NAMINGS",
     "read_labelled_folder", "read_market1501", "shared_data_dir", "cuhk03_val",
     "cuhk01_test", "adaptation_samples", "assert_disjoint", "EVAL_PROTOCOLS",
-    "CUHK01_PID_OFFSET", "CUHK01_CAMID_OFFSET",
+    "CUHK01_PID_OFFSET", "CUHK01_CAMID_OFFSET", "market1501_eval", "market1501_train",
+    "TRAIN_SPLITS", "protocol_available", "assert_disjoint_from_protocols", "default_protocols",
 ]
 
 PathLike = Union[str, "os.PathLike[str]"]
@@ -44,7 +45,9 @@ class Sample:
 
 
 _EXT = r"\.(?:jpe?g|png)"
-_MARKET_RE = re.compile(r"^(-1|\d+)_c(\d+)s\d+_\d+_\d+" + _EXT + r"$", re.IGNORECASE)
+# The real Market-1501 release holds a few ``*.jpg.jpg`` files (6 query, 18 gallery); torchreid
+# globs ``*.jpg`` and reads ``([-\d]+)_c(\d)``, so they count: a repeated extension is accepted.
+_MARKET_RE = re.compile(r"^(-1|\d+)_c(\d+)s\d+_\d+_\d+(?:" + _EXT + r")+$", re.IGNORECASE)
 _CUHK03_RE = re.compile(r"^(\d+)_(\d{2})" + _EXT + r"$", re.IGNORECASE)
 _CUHK01_RE = re.compile(r"^(\d{4})(\d{3})" + _EXT + r"$", re.IGNORECASE)
 
@@ -217,10 +220,54 @@ def cuhk01_test(root: Optional[PathLike] = None) -> tuple[list[Sample], list[Sam
     return _split_by_camera(_cuhk01_range(_data_root(root), *CUHK01_TEST_PIDS))
 
 
+def _market1501_split(root: Optional[PathLike], key: str) -> list[Sample]:
+    folder = _data_root(root) / "market1501" / MARKET1501_SPLITS[key]
+    return read_labelled_folder(folder, naming="market1501")
+
+
+def market1501_eval(root: Optional[PathLike] = None) -> tuple[list[Sample], list[Sample]]:
+    """Evaluation "market1501": all of ``query/`` against ``bounding_box_test/`` (the paper's Table 6).
+
+    Junk (pid -1) gallery images are excluded, distractors (pid 0) kept; the protocol itself
+    (:func:`osnet_edge.metrics.evaluate_rank`) ignores gallery images of the query's identity
+    from the query's camera -- torchreid's ``eval_market1501``.
+    """
+    return _market1501_split(root, "query"), _market1501_split(root, "gallery")
+
+
+def market1501_train(root: Optional[PathLike] = None) -> list[Sample]:
+    """Calibration / adaptation / fine-tuning on Market-1501: ``bounding_box_train/`` only
+    (751 identities disjoint from the test identities), checked disjoint from the evaluation images."""
+    samples = _market1501_split(root, "train")
+    query, gallery = market1501_eval(root)
+    assert_disjoint(samples, query + gallery)
+    return samples
+
+
+# The benchmark of record first: it is the default wherever its data is present.
 EVAL_PROTOCOLS: dict[str, Callable[..., tuple[list[Sample], list[Sample]]]] = {
+    "market1501": market1501_eval,
     "cuhk03-val": cuhk03_val,
     "cuhk01-test": cuhk01_test,
 }
+
+def protocol_available(name: str, root: Optional[PathLike] = None) -> bool:
+    """True when the images of protocol ``name`` are present under the shared data root."""
+    if name not in EVAL_PROTOCOLS:
+        raise ValueError(f"unknown protocol {name!r}; known: {', '.join(EVAL_PROTOCOLS)}")
+    try:
+        EVAL_PROTOCOLS[name](root)
+    except (FileNotFoundError, NotADirectoryError, ValueError):
+        return False
+    return True
+
+
+def default_protocols(root: Optional[PathLike] = None) -> list[str]:
+    """The protocols to evaluate on when none is named: Market-1501 alone when its data is
+    present (the benchmark of record), else the CUHK cross-domain protocols that are present."""
+    if protocol_available("market1501", root):
+        return ["market1501"]
+    return [name for name in EVAL_PROTOCOLS if name != "market1501" and protocol_available(name, root)]
 
 
 def _norm_path(p: Union[Sample, PathLike]) -> str:
@@ -251,10 +298,28 @@ def adaptation_samples(root: Optional[PathLike] = None) -> list[Sample]:
     samples = read_labelled_folder(root / "cuhk03" / "detected" / "train", naming="cuhk03")
     samples += [Sample(s.path, s.pid + CUHK01_PID_OFFSET, s.camid + CUHK01_CAMID_OFFSET)
                 for s in _cuhk01_range(root, *CUHK01_ADAPT_PIDS)]
+    assert_disjoint_from_protocols(samples, root)
+    return samples
+
+
+def assert_disjoint_from_protocols(samples: Iterable[Union[Sample, PathLike]],
+                                   root: Optional[PathLike] = None) -> None:
+    """Raise ValueError if any of ``samples`` is an evaluation image of a protocol present
+    under ``root`` (the guard every calibration / adaptation entry point runs)."""
+    samples = list(samples)
     for name, protocol in EVAL_PROTOCOLS.items():
+        if not protocol_available(name, root):
+            continue
         query, gallery = protocol(root)
         try:
             assert_disjoint(samples, query + gallery)
         except ValueError as exc:
-            raise ValueError(f"adaptation samples overlap evaluation protocol {name!r}: {exc}") from None
-    return samples
+            raise ValueError(f"images overlap evaluation protocol {name!r}: {exc}") from None
+
+
+# Which images calibration / adaptation read for each evaluation protocol (never its evaluation images).
+TRAIN_SPLITS: dict[str, Callable[..., list[Sample]]] = {
+    "market1501": market1501_train,
+    "cuhk03-val": adaptation_samples,
+    "cuhk01-test": adaptation_samples,
+}

@@ -648,21 +648,33 @@ def adapted_resolution(path: str | os.PathLike) -> tuple[float, float]:
 
 
 def default_checkpoints() -> dict[float, str]:
-    """The trained torchreid x0.25 MSMT17 checkpoint in ../shared/data, when present."""
-    from .data import shared_data_dir
+    """The trained torchreid checkpoints in ../shared/data, when present: x0.25 trained on
+    Market-1501 when its benchmark data is there (the paper's Table 6 setting), else x0.25 MSMT17;
+    x0.5 MSMT17."""
+    from .data import protocol_available, shared_data_dir
 
     root = shared_data_dir()
-    ckpt = root / "weights" / "torchreid" / "osnet_x0_25_msmt17.pth" if root else None
-    return {0.25: str(ckpt)} if ckpt and ckpt.is_file() else {}
+    if root is None:
+        return {}
+    folder = root / "weights" / "torchreid"
+    market = protocol_available("market1501", root) and (folder / "osnet_x0_25_market1501.pth").is_file()
+    candidates = {0.25: folder / ("osnet_x0_25_market1501.pth" if market else "osnet_x0_25_msmt17.pth"),
+                  0.5: folder / "osnet_x0_5_msmt17.pth"}
+    return {w: str(p) for w, p in candidates.items() if p.is_file()}
 
 
 def default_calibration_dir() -> str | None:
-    """The agreed calibration crops (cuhk03/detected/train) in ../shared/data, when present."""
+    """The agreed calibration crops in ../shared/data, when present: Market-1501's
+    bounding_box_train (its identities are disjoint from the test set), else cuhk03/detected/train."""
     from .data import shared_data_dir
 
     root = shared_data_dir()
-    folder = root / "cuhk03" / "detected" / "train" if root else None
-    return str(folder) if folder and folder.is_dir() else None
+    if root is None:
+        return None
+    for folder in (root / "market1501" / "bounding_box_train", root / "cuhk03" / "detected" / "train"):
+        if folder.is_dir():
+            return str(folder)
+    return None
 
 
 def weights_map_from_args(weights: Sequence[str] | None, weights_for: Sequence[str] | None) -> WeightsMap:

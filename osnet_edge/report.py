@@ -31,7 +31,7 @@ from .data import EVAL_PROTOCOLS, Sample, read_labelled_folder, read_market1501
 from .metrics import cosine_distance, evaluate_rank, rank_metrics
 from .verify import agreement
 
-PROTOCOL_ORDER = ("cuhk03-val", "cuhk01-test")
+PROTOCOL_ORDER = tuple(EVAL_PROTOCOLS)  # market1501 (the benchmark of record) first, then the CUHK checks
 PRECISION_COLOURS = {"fp32": "#1f77b4", "fp16": "#2ca02c", "bf16": "#9467bd", "int8": "#ff7f0e"}
 RUNTIME_MARKERS = {"onnxruntime": "o", "openvino": "s", "tensorrt": "^"}
 PEER_COLOUR = "#555555"
@@ -73,10 +73,12 @@ class EvalSet:
 
     @property
     def fingerprint(self) -> str:
-        """Hash of the image list and labels: cached features are valid only for the same set."""
+        """Hash of the image list (folder and file names) and labels: cached features are valid
+        only for the same set, wherever the data folder lives (relative or absolute paths)."""
         h = hashlib.sha256(self.name.encode())
         for s in self.query + [Sample("|", -9, -9)] + self.gallery:
-            h.update(f"{s.path}:{s.pid}:{s.camid};".encode())
+            folder, name = os.path.split(s.path)
+            h.update(f"{os.path.basename(folder)}/{name}:{s.pid}:{s.camid};".encode())
         return h.hexdigest()[:16]
 
     def images(self) -> tuple[list[np.ndarray], list[np.ndarray]]:
@@ -102,7 +104,7 @@ def _read_all(samples: Sequence[Sample]) -> list[np.ndarray]:
 
 
 def protocol_set(name: str, data_root: str | os.PathLike | None = None) -> EvalSet:
-    """One of the agreed protocols (``cuhk03-val``, ``cuhk01-test``) on the shared data."""
+    """One of the agreed protocols (``market1501``, ``cuhk03-val``, ``cuhk01-test``) on the shared data."""
     if name not in EVAL_PROTOCOLS:
         raise ValueError(f"unknown protocol {name!r}; known: {', '.join(EVAL_PROTOCOLS)}")
     query, gallery = EVAL_PROTOCOLS[name](data_root)
@@ -130,7 +132,7 @@ def market1501_set(root: str | os.PathLike) -> EvalSet:
     if missing:
         raise ValueError(f"{root}: Market-1501 layout needs query/ and bounding_box_test/ "
                          f"(missing: {', '.join('bounding_box_test' if m == 'gallery' else m for m in missing)})")
-    return EvalSet(Path(root).name or str(root), splits["query"], splits["gallery"])
+    return EvalSet(Path(root).resolve().name or str(root), splits["query"], splits["gallery"])
 
 
 def folder_set(query_dir: str | os.PathLike, gallery_dir: str | os.PathLike, naming: str = "auto") -> EvalSet:
@@ -202,10 +204,21 @@ def embed(embedder: Callable[[list[np.ndarray]], np.ndarray], crops: Sequence[np
 
 
 class FeatureCache:
-    """Embeddings on disk (``<dir>/<key>.npy``) so that rerunning a report skips the slow part."""
+    """Embeddings on disk (``<dir>/<key>.npy``) so that rerunning a report skips the slow part.
+
+    Keys are content hashes (what embeds: :func:`bundle_identity` / :func:`file_identity`, with
+    the preprocessing; which images: :attr:`EvalSet.fingerprint`), so report, INT8 and
+    adaptation runs share the 23k Market-1501 embeddings of the same model.
+    """
 
     def __init__(self, folder: str | os.PathLike | None) -> None:
         self.folder = Path(folder) if folder else None
+
+    @classmethod
+    def default(cls) -> "FeatureCache":
+        """``$OSNET_EDGE_CACHE/features``, else ``~/.cache/osnet_edge/features``."""
+        base = os.environ.get("OSNET_EDGE_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "osnet_edge")
+        return cls(Path(base) / "features")
 
     def get_or_compute(self, key: str, compute: Callable[[], np.ndarray]) -> np.ndarray:
         if self.folder is None:

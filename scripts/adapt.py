@@ -76,6 +76,9 @@ def build_parser() -> Parser:
     r.add_argument("--schedule", choices=["cosine", "constant"], default=d.schedule,
                    help=f"learning-rate schedule after a warm-up epoch (default {d.schedule})")
     r.add_argument("--temperature", type=float, default=d.temperature, help=f"simkl temperature (default {d.temperature})")
+    r.add_argument("--head", choices=["auto", "new"], default=d.head,
+                   help="cross-entropy head: auto = start from the checkpoint's classifier when it has one row "
+                        "per identity of the data (its own training set), new = a fresh layer (default auto)")
     r.add_argument("--bn", choices=["train", "frozen"], default=d.bn,
                    help="BatchNorm during training: batch statistics then recalibration (train), or "
                         f"frozen at the AdaBN statistics (default {d.bn})")
@@ -105,7 +108,7 @@ def main(argv=None) -> int:
         from osnet_edge.adapt import AdaptationData, AdaptConfig, adapt, evaluate
     except ImportError as exc:
         raise CliError(f"adaptation needs torch ({exc.name} missing): pip install 'osnet_edge[export]'") from None
-    from osnet_edge.data import EVAL_PROTOCOLS, adaptation_samples, assert_disjoint, shared_data_dir
+    from osnet_edge.data import adaptation_samples, assert_disjoint_from_protocols, shared_data_dir
 
     if not os.path.isfile(args.weights):
         raise CliError(f"--weights {args.weights}: no such file")
@@ -114,7 +117,7 @@ def main(argv=None) -> int:
     d = AdaptConfig()
     losses = args.losses or _spec({**d.losses, "ce": 1.0} if args.labels else d.losses)  # auto[,ce=1]
     cfg = AdaptConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, schedule=args.schedule,
-                      losses=losses, temperature=args.temperature, bn=args.bn, freeze=tuple(args.freeze),
+                      losses=losses, temperature=args.temperature, head=args.head, bn=args.bn, freeze=tuple(args.freeze),
                       teacher_res=args.teacher_res, seed=args.seed)
     if cfg.uses_labels and not args.labels:
         raise CliError(f"losses {losses} need identities: add --labels")
@@ -139,12 +142,10 @@ def main(argv=None) -> int:
             pids += [("folders", int(x)) for x in folder_data.labels]
         sources += folder_data.sources
     if root is not None:  # never adapt on the shared evaluation images
-        for name, protocol in EVAL_PROTOCOLS.items():
-            query, gallery = protocol(root)
-            try:
-                assert_disjoint(samples_paths, query + gallery)
-            except ValueError as exc:
-                raise CliError(f"adaptation images include the {name} evaluation images: {exc}") from None
+        try:
+            assert_disjoint_from_protocols(samples_paths, root)
+        except ValueError as exc:
+            raise CliError(f"adaptation images include evaluation images: {exc}") from None
     data = AdaptationData.from_paths(samples_paths, pids, sources=sources, progress=progress)
     print(f"adaptation data: {len(data)} crops" + (f", {data.num_ids} identities" if data.labels is not None else "")
           + f" (hash {data.data_hash[:12]})")

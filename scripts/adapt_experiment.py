@@ -1,16 +1,19 @@
 #!/usr/bin/env python3
 """The adaptation experiment on the shared real data: before/after rank-1 and mAP, gap recovered.
 
-Adapts osnet_x0_25_msmt17.pth (by default) to a reduced resolution on the agreed adaptation
-set only (cuhk03/detected/train + CUHK01 ids 0486-0971) and reports, on cuhk03-val and
-cuhk01-test: the unadapted model at res 1.0 (the reference) and at the target res, the
-adapted model, and the share of the rank-1 gap recovered. Prints the wall time, the process
-CPU time and the machine's load average, because timings on a shared machine mean little
-without them.
+``--protocol market1501`` (the default when Market-1501 is present): adapts
+osnet_x0_25_market1501.pth on ``bounding_box_train`` only (751 identities, disjoint from the test
+ids; labels allowed, as the paper trains with them) and evaluates on query vs bounding_box_test.
+``--protocol cuhk``: adapts osnet_x0_25_msmt17.pth on the agreed CUHK adaptation set
+(cuhk03/detected/train + CUHK01 ids 0486-0971) and evaluates on cuhk03-val and cuhk01-test.
+Reports the unadapted model at res 1.0 (the reference) and at the target res, the adapted model,
+and the share of the rank-1 gap recovered. Prints the wall time, the process CPU time and the
+machine's load average, because timings on a shared machine mean little without them.
 
-``--dev`` is for choosing a recipe without looking at the evaluation sets: it holds out CUHK01
-ids 0872-0971 and CUHK03 train ids 0040-0049 of the adaptation set, trains on the rest and
-reports rank-1/mAP on the held-out part after every ``--eval-every`` epochs.
+``--dev`` is for choosing a recipe without looking at the evaluation sets: it holds out part of
+the adaptation identities (Market-1501: the last 51 train ids; CUHK: CUHK01 ids 0872-0971 and
+CUHK03 train ids 0040-0049), trains on the rest and reports rank-1/mAP on the held-out part after
+every ``--eval-every`` epochs.
 """
 from __future__ import annotations
 
@@ -24,8 +27,10 @@ from _cli import CliError, Parser, run  # noqa: E402
 
 EXAMPLES = """\
 examples:
-  # the headline: x0.25 @ res 0.5, distilled from the same checkpoint at 256x128
-  python scripts/adapt_experiment.py --res 0.5 --out /tmp/adapted_x025_r05.pth
+  # the headline: x0.25 Market-1501 @ res 0.5 on bounding_box_train (labels + distillation from 256x128)
+  python scripts/adapt_experiment.py --res 0.5 --epochs 10 --out runs/adapt/x025_market_r05.pth
+  # the cross-domain variant on the CUHK adaptation set (x0.25 MSMT17, no labels)
+  python scripts/adapt_experiment.py --protocol cuhk --res 0.5 --out /tmp/adapted_x025_r05.pth
   # choose a recipe on a held-out part of the adaptation data (never the evaluation sets)
   python scripts/adapt_experiment.py --dev --epochs 8 --losses cosine=1,simkl=1 --eval-every 2
   # stretch: distil from Open Model Zoo person-reidentification-retail-0287 (256-d)
@@ -34,6 +39,7 @@ examples:
 
 DEV_CUHK01_IDS = (872, 971)      # of the adaptation ids 0486-0971
 DEV_CUHK03_IDS = (40, 49)        # of cuhk03/detected/train 0000-0049
+DEV_MARKET_IDS = 51              # the last 51 of bounding_box_train's 751 identities
 
 
 def build_parser() -> Parser:
@@ -41,8 +47,11 @@ def build_parser() -> Parser:
 
     d = AdaptConfig()
     p = Parser(description=__doc__.split("\n\n")[0], epilog=EXAMPLES)
+    p.add_argument("--protocol", choices=["market1501", "cuhk"], default=None,
+                   help="data: market1501 (adapt on bounding_box_train, evaluate on query/bounding_box_test) or cuhk "
+                        "(the CUHK adaptation set, cuhk03-val + cuhk01-test). Default: market1501 when present")
     p.add_argument("--weights", default=None, help="student init (default ../shared/data/weights/torchreid/"
-                   "osnet_x0_25_msmt17.pth)")
+                   "osnet_x0_25_market1501.pth for market1501, osnet_x0_25_msmt17.pth for cuhk)")
     p.add_argument("--res", type=float, default=0.5, help="student resolution multiplier (default 0.5)")
     p.add_argument("--teacher", default=None, help="checkpoint / bundle / .onnx / .xml, or a known peer name "
                    "(omz-0287-fp32, ...); default: --weights at --teacher-res")
@@ -52,7 +61,7 @@ def build_parser() -> Parser:
     p.add_argument("--lr", type=float, default=d.lr)
     p.add_argument("--warmup-epochs", type=float, default=d.warmup_epochs)
     p.add_argument("--schedule", default=d.schedule, choices=["cosine", "constant"])
-    p.add_argument("--losses", default=",".join(f"{k}={v:g}" for k, v in d.losses.items()))
+    p.add_argument("--losses", default=None, help="default: auto (distillation); with labels auto,ce=1")
     p.add_argument("--temperature", type=float, default=d.temperature)
     p.add_argument("--bn", default=d.bn, choices=["train", "frozen"])
     p.add_argument("--no-adabn", action="store_true")
@@ -61,7 +70,9 @@ def build_parser() -> Parser:
     p.add_argument("--view-sets", type=int, default=d.view_sets)
     p.add_argument("--no-augment", action="store_true", help="clean views only (ablation)")
     p.add_argument("--seed", type=int, default=d.seed)
-    p.add_argument("--labels", action="store_true", help="read identities (needed by ce / triplet)")
+    p.add_argument("--labels", action="store_true", help="read identities (needed by ce / triplet; always on "
+                   "for market1501)")
+    p.add_argument("--head", choices=["auto", "new"], default=d.head, help="cross-entropy head init (see adapt.py)")
     p.add_argument("--dev", action="store_true", help="train without the held-out dev ids, report dev metrics")
     p.add_argument("--eval-every", type=int, default=0, help="evaluate every N epochs (0: only at the end)")
     p.add_argument("--skip-baseline", action="store_true", help="do not re-measure the unadapted models")
@@ -71,8 +82,12 @@ def build_parser() -> Parser:
     return p
 
 
-def dev_split(samples):
+def dev_split(samples, market: bool):
     from osnet_edge.data import CUHK01_PID_OFFSET
+
+    if market:
+        dev_ids = set(sorted({s.pid for s in samples})[-DEV_MARKET_IDS:])
+        return [s for s in samples if s.pid not in dev_ids], [s for s in samples if s.pid in dev_ids]
 
     def held_out(s):
         if s.pid >= CUHK01_PID_OFFSET:
@@ -81,8 +96,22 @@ def dev_split(samples):
     return [s for s in samples if not held_out(s)], [s for s in samples if held_out(s)]
 
 
-def dev_metrics(model, res, dev_samples):
-    """rank-1/mAP on the held-out adaptation ids: per dataset, query = its first camera."""
+def dev_sets(dev_samples, market: bool):
+    """(name, query, gallery) of the held-out ids. CUHK: per dataset, query = its first camera.
+    Market-1501: query = the first crop of each identity in each camera, gallery = the rest
+    (same-camera matches are ignored by the protocol, as on the test set)."""
+    if market:
+        seen, query, gallery = set(), [], []
+        for s in dev_samples:
+            (gallery if (s.pid, s.camid) in seen else query).append(s)
+            seen.add((s.pid, s.camid))
+        return [("dev-market1501", query, gallery)]
+    return [(name, [s for s in dev_samples if s.camid == cams[0]], [s for s in dev_samples if s.camid == cams[1]])
+            for name, cams in (("dev-cuhk03", (0, 1)), ("dev-cuhk01", (2, 3)))]
+
+
+def dev_metrics(model, res, dev_samples, market: bool = False):
+    """rank-1/mAP on the held-out adaptation ids (never the evaluation sets)."""
     import numpy as np
 
     from osnet_edge.adapt import embed
@@ -91,9 +120,7 @@ def dev_metrics(model, res, dev_samples):
     from osnet_edge.preprocess import read_image
 
     out = {}
-    for name, cams in (("dev-cuhk03", (0, 1)), ("dev-cuhk01", (2, 3))):
-        q = [s for s in dev_samples if s.camid == cams[0]]
-        g = [s for s in dev_samples if s.camid == cams[1]]
+    for name, q, g in dev_sets(dev_samples, market):
         feats = embed(model, [read_image(s.path) for s in q + g], input_size(res))
         pids = np.array([s.pid for s in q + g])
         cams_ = np.array([s.camid for s in q + g])
@@ -114,14 +141,22 @@ def main(argv=None) -> int:
 
     from osnet_edge.adapt import AdaptationData, AdaptConfig, adapt, evaluate, recalibrate_bn
     from osnet_edge.adapt_views import NO_AUGMENTATION, Augmentation
-    from osnet_edge.data import adaptation_samples, shared_data_dir
+    from osnet_edge.adapt_teachers import osnet_config_of
+    from osnet_edge.data import (adaptation_samples, assert_disjoint_from_protocols, market1501_train,
+                                 protocol_available, shared_data_dir)
     from osnet_edge.foreign import known_peers
-    from osnet_edge.models import build_osnet, input_size, load_torchreid_weights
+    from osnet_edge.models import build_osnet, input_size, load_torchreid_weights, read_checkpoint
 
     root = shared_data_dir()
     if root is None:
         raise CliError("shared data not found (../shared/data or $OSNET_EDGE_DATA): this experiment needs it")
-    weights = args.weights or str(root / "weights" / "torchreid" / "osnet_x0_25_msmt17.pth")
+    protocol = args.protocol or ("market1501" if protocol_available("market1501", root) else "cuhk")
+    market = protocol == "market1501"
+    eval_protocols = ["market1501"] if market else ["cuhk03-val", "cuhk01-test"]
+    default_ckpt = "osnet_x0_25_market1501.pth" if market else "osnet_x0_25_msmt17.pth"
+    weights = args.weights or str(root / "weights" / "torchreid" / default_ckpt)
+    labels = args.labels or market
+    losses = args.losses or ("auto,ce=1" if labels else "auto")
     if args.threads:
         torch.set_num_threads(args.threads)
     teacher = args.teacher
@@ -130,15 +165,16 @@ def main(argv=None) -> int:
     if teacher in peers:
         teacher, teacher_format = peers[teacher]["path"], peers[teacher]["input_format"]
 
-    samples = adaptation_samples(root)
+    samples = market1501_train(root) if market else adaptation_samples(root)
+    assert_disjoint_from_protocols(samples, root)
     dev_samples = []
     if args.dev:
-        samples, dev_samples = dev_split(samples)
-    data = AdaptationData.from_samples(samples, labels=args.labels, progress=True,
-                                       sources=["cuhk03/detected/train", "cuhk01/campus ids 0486-0971"]
-                                       + (["minus dev ids"] if args.dev else []))
+        samples, dev_samples = dev_split(samples, market)
+    sources = ["market1501/bounding_box_train"] if market else ["cuhk03/detected/train", "cuhk01/campus ids 0486-0971"]
+    data = AdaptationData.from_samples(samples, labels=labels, progress=True,
+                                       sources=sources + (["minus dev ids"] if args.dev else []))
     cfg = AdaptConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, schedule=args.schedule,
-                      warmup_epochs=args.warmup_epochs, losses=args.losses, temperature=args.temperature,
+                      warmup_epochs=args.warmup_epochs, losses=losses, temperature=args.temperature, head=args.head,
                       bn=args.bn, adabn=not args.no_adabn, recalibrate=not args.no_recalibrate,
                       freeze=tuple(args.freeze), view_sets=args.view_sets, teacher_res=args.teacher_res,
                       augmentation=NO_AUGMENTATION if args.no_augment else Augmentation(), seed=args.seed)
@@ -147,12 +183,12 @@ def main(argv=None) -> int:
     print(f"recipe: {json.dumps(cfg.to_dict())}")
 
     def measure(model, res):
-        return dev_metrics(model, res, dev_samples) if args.dev else evaluate(model, res, root)
+        return dev_metrics(model, res, dev_samples, market) if args.dev else evaluate(model, res, root, eval_protocols)
 
     result: dict = {"argv": list(argv) if argv is not None else sys.argv[1:], "res": args.res,
-                    "recipe": cfg.to_dict(), "dev": args.dev}
+                    "recipe": cfg.to_dict(), "dev": args.dev, "protocol": protocol, "weights": weights}
     if not args.skip_baseline:
-        base = build_osnet(0.25)
+        base = build_osnet(*osnet_config_of(read_checkpoint(weights)))
         load_torchreid_weights(base, weights)
         base = base.to(memory_format=torch.channels_last)
         result["unadapted_res1"] = measure(base, 1.0)

@@ -103,6 +103,11 @@ def main(argv=None) -> int:
         from osnet_edge.calibration import CalibrationSet
         calibration = CalibrationSet.from_folder(args.calib, input_size=hw, max_images=args.calib_size,
                                                  interpolation=args.interpolation)
+        from osnet_edge.data import assert_disjoint_from_protocols, shared_data_dir
+        try:  # never calibrate on the shared evaluation images (Market-1501 query/gallery, CUHK test ids)
+            assert_disjoint_from_protocols(calibration.samples, shared_data_dir())
+        except ValueError as exc:
+            raise CliError(f"--calib includes evaluation images: {exc}") from None
     if not args.weights:
         print("WARNING: no --weights: exporting a RANDOMLY INITIALISED model. Its embeddings are meaningless "
               "for re-identification; pass a torchreid checkpoint for real use.", file=sys.stderr)

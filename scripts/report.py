@@ -14,6 +14,7 @@ from _cli import CliError, Parser, run  # noqa: E402
 # scripts/profile.py would shadow the standard library's `profile` (cProfile, imported by
 # torch.export during ONNX export, needs it): scripts/ leaves sys.path once _cli is in.
 sys.path[:] = [p for p in sys.path if os.path.abspath(p or os.curdir) != _HERE]
+from osnet_edge.data import EVAL_PROTOCOLS  # noqa: E402  (light, torch-free)
 
 EXAMPLES = """\
 examples:
@@ -49,10 +50,11 @@ def build_parser() -> Parser:
     p.add_argument("--accuracy-tol", type=float, default=0.5, metavar="MAP",
                    help="--budget-ms: mAP points within which configurations count as equally accurate, the faster "
                         "then wins (default 0.5)")
-    p.add_argument("--data", metavar="DIR", help="shared data root with cuhk03/ and cuhk01/ (default ../shared/data "
-                   "when present; without labelled data the report shows fidelity instead of accuracy)")
-    p.add_argument("--protocol", nargs="+", choices=["cuhk03-val", "cuhk01-test"],
-                   help="evaluation protocols (default: those present under --data)")
+    p.add_argument("--data", metavar="DIR", help="shared data root with market1501/, cuhk03/, cuhk01/ (default "
+                   "../shared/data when present; without labelled data the report shows fidelity instead of accuracy)")
+    p.add_argument("--protocol", nargs="+", choices=list(EVAL_PROTOCOLS),
+                   help="evaluation protocols (default: those present under --data; market1501, the benchmark of "
+                        "record, first, the CUHK sets as the cross-domain check). Embeddings are cached under --work")
     p.add_argument("--no-accuracy", action="store_true", help="skip accuracy (latency, counts, fidelity only)")
     peers = p.add_mutually_exclusive_group()
     peers.add_argument("--peers", dest="peers", action="store_true", default=None,

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import re
+from dataclasses import replace as dataclasses_replace
 from pathlib import Path
 
 import numpy as np
@@ -13,7 +14,8 @@ torch = pytest.importorskip("torch")
 from osnet_edge.adapt import (AdaptationData, AdaptConfig, adapt, parse_losses,  # noqa: E402
                               recalibrate_bn, resolve_auto_losses, resume_path)
 from osnet_edge.adapt_teachers import CheckpointTeacher, load_teacher, osnet_config_of  # noqa: E402
-from osnet_edge.adapt_views import Augmentation, clean_views, render, render_batch, sample_views  # noqa: E402
+from osnet_edge.adapt_views import (NO_AUGMENTATION, Augmentation, clean_views, render, render_batch,  # noqa: E402
+                                    sample_views)
 from osnet_edge.models import build_osnet, input_size, load_torchreid_weights, read_checkpoint  # noqa: E402
 from osnet_edge.preprocess import preprocess, resize  # noqa: E402
 from osnet_edge.samples import synthetic_crops  # noqa: E402
@@ -258,6 +260,37 @@ def test_labels_path_runs_cross_entropy_and_triplet(tmp_path, checkpoint, crops_
               config=small_config(losses="ce"), progress=False, threads=1)
 
 
+def test_labels_follow_torchreid_order_and_the_checkpoint_classifier_starts_the_head(tmp_path, checkpoint, crops_dir):
+    """Labels are the sorted pids (torchreid's relabelling), so a checkpoint trained on the same identities
+    brings a classifier whose rows line up: cross-entropy then starts low instead of at ln(N)."""
+    paths = sorted(str(p) for p in crops_dir.glob("*.jpg"))[:3]
+    assert AdaptationData.from_paths(paths, [10, 9, 100]).labels.tolist() == [1, 0, 2]   # numeric, not repr order
+    labelled = AdaptationData.from_folders([crops_dir], labels=True)
+    model = build_osnet(0.25).eval()
+    load_torchreid_weights(model, checkpoint)
+    recalibrate_bn(model, labelled.images, input_size(RES))
+    with torch.no_grad():
+        feats = model(torch.from_numpy(preprocess(labelled.images, input_size(RES))))
+    means = torch.stack([feats[torch.from_numpy(labelled.labels == k)].mean(0) for k in range(NUM_IDS)])
+    state = dict(read_checkpoint(checkpoint))
+    # a nearest-class-mean head: logit_k = -s ||f - m_k||^2 / 2 + const = s f.m_k - s ||m_k||^2 / 2
+    spread = ((feats - means[torch.from_numpy(labelled.labels)]) ** 2).sum(1).mean()
+    scale = 4.0 / spread
+    state["classifier.weight"] = scale * means
+    state["classifier.bias"] = -scale * (means ** 2).sum(1) / 2
+    with_head = tmp_path / "with_classifier.pth"
+    torch.save(state, with_head)
+    cfg = small_config(epochs=1, losses="ce=1", lr=1e-7, augmentation=NO_AUGMENTATION)
+    runs = {h: adapt(with_head, tmp_path / f"{h}.pth", labelled, res=RES, config=dataclasses_replace(cfg, head=h),
+                     progress=False, threads=1).record for h in ("auto", "new")}
+    assert runs["auto"]["head_init"].startswith("checkpoint classifier") and runs["new"]["head_init"].startswith("new")
+    assert runs["auto"]["loss_history"][0]["ce"] < runs["new"]["loss_history"][0]["ce"] - 0.3
+    other = adapt(checkpoint, tmp_path / "plain.pth", labelled, res=RES, config=cfg, progress=False, threads=1)
+    assert other.record["head_init"].startswith("new")   # no classifier in the checkpoint: a fresh head
+    with pytest.raises(ValueError, match="head"):
+        AdaptConfig(head="checkpoint")
+
+
 def test_teacher_from_a_path_runs_through_openvino_or_torch(tmp_path, checkpoint, data):
     t = load_teacher(checkpoint, res=TEACHER_RES)
     ref = CheckpointTeacher(checkpoint, res=TEACHER_RES, backend="torch")
@@ -352,3 +385,21 @@ def test_cli_errors_are_one_line(tmp_path, checkpoint, crops_dir, capsys, args, 
     lines = [line for line in stderr.splitlines() if line.strip()]
     assert code == 1 and len(lines) == 1 and lines[0].startswith("error:"), stderr
     assert re.search(message, lines[0]), lines[0]
+
+
+def test_cli_refuses_evaluation_images_of_any_protocol(tmp_path, checkpoint, crops_dir, capsys, monkeypatch):
+    """Market-1501 query / bounding_box_test images never enter adaptation (bounding_box_train does)."""
+    import shutil
+
+    root = tmp_path / "shared"
+    for split in ("query", "bounding_box_test", "bounding_box_train"):
+        shutil.copytree(crops_dir, root / "market1501" / split)
+    monkeypatch.setenv("OSNET_EDGE_DATA", str(root))
+    base = ["--weights", checkpoint, "--res", RES, "--teacher-res", TEACHER_RES, "--epochs", 1, "--batch-size", 8,
+            "--no-progress", "--threads", 1, "--teacher-backend", "torch"]
+    code, _, stderr = run_script("adapt.py", capsys, *base, "--data", root / "market1501" / "query", "--out",
+                                 tmp_path / "bad.pth")
+    assert code == 1 and "evaluation images" in stderr and "market1501" in stderr and "Traceback" not in stderr
+    code, _, stderr = run_script("adapt.py", capsys, *base, "--data", root / "market1501" / "bounding_box_train",
+                                 "--out", tmp_path / "ok.pth")
+    assert code == 0, stderr

@@ -7,9 +7,10 @@ from pathlib import Path
 import pytest
 
 from osnet_edge import data
-from osnet_edge.data import (EVAL_PROTOCOLS, Sample, adaptation_samples, assert_disjoint, cuhk01_test,
-                             cuhk03_val, parse_cuhk01, parse_cuhk03, parse_market1501,
-                             read_labelled_folder, read_market1501, shared_data_dir)
+from osnet_edge.data import (EVAL_PROTOCOLS, TRAIN_SPLITS, Sample, adaptation_samples, assert_disjoint,
+                             assert_disjoint_from_protocols, cuhk01_test, cuhk03_val, default_protocols,
+                             market1501_eval, market1501_train, parse_cuhk01, parse_cuhk03, parse_market1501,
+                             protocol_available, read_labelled_folder, read_market1501, shared_data_dir)
 
 
 def _touch(folder: Path, *names: str) -> Path:
@@ -31,6 +32,11 @@ def _touch(folder: Path, *names: str) -> Path:
     ("0001003.jpg", None),
     ("-2_c1s1_000401_03.jpg", None),
     ("0002_c1s1_000451_03.txt", None),
+    # the real release has *.jpg.jpg files (6 query, 18 gallery); torchreid counts them
+    ("1488_c1s6_023021_00.jpg.jpg", (1488, 1)),
+    ("0000_c3s2_000123_02.jpg.jpg", (0, 3)),
+    ("0002_c1s1_000451_03.jpg.txt", None),
+    ("0002_c1s1_000451_03jpg", None),
 ])
 def test_parse_market1501(name, expected):
     assert parse_market1501(name) == expected
@@ -121,6 +127,49 @@ def test_read_market1501_layout(tmp_path):
         read_market1501(tmp_path / "nope")
 
 
+def tiny_shared_root(root: Path) -> Path:
+    """A shared-data root whose market1501/ holds real Market-1501 file names (incl. ``.jpg.jpg``,
+    junk and distractors) as empty files: the protocol reads names only."""
+    m = root / "market1501"
+    _touch(m / "query", "0001_c1s1_001051_00.jpg", "1488_c1s6_023021_00.jpg.jpg", "0003_c2s1_000301_00.jpg")
+    _touch(m / "bounding_box_test", "0001_c2s1_000151_01.jpg", "0001_c1s1_001101_01.jpg",
+           "1488_c2s3_065527_00.jpg.jpg", "0000_c3s2_000123_02.jpg", "-1_c1s1_000401_03.jpg",
+           "0003_c3s1_000351_00.jpg")
+    _touch(m / "bounding_box_train", "0002_c1s1_000451_03.jpg", "0002_c2s1_000551_01.jpg", "0007_c3s3_070952_01.jpg")
+    return root
+
+
+def test_market1501_protocol_reads_the_release_as_torchreid_does(tmp_path):
+    root = tiny_shared_root(tmp_path)
+    query, gallery = market1501_eval(root)
+    assert [(s.pid, s.camid) for s in query] == [(1, 1), (3, 2), (1488, 1)]   # .jpg.jpg counts
+    assert sorted((s.pid, s.camid) for s in gallery) == [(0, 3), (1, 1), (1, 2), (3, 3), (1488, 2)]  # junk out
+    assert EVAL_PROTOCOLS["market1501"] is market1501_eval and list(EVAL_PROTOCOLS)[0] == "market1501"
+    train = market1501_train(root)
+    assert [s.pid for s in train] == [2, 2, 7] and TRAIN_SPLITS["market1501"] is market1501_train
+
+
+def test_default_protocol_is_market1501_when_present(tmp_path):
+    assert protocol_available("market1501", tiny_shared_root(tmp_path))
+    assert default_protocols(tmp_path) == ["market1501"]
+    cuhk = _touch(tmp_path / "cuhk_only" / "cuhk03" / "detected" / "val", "0000_00.jpg", "0000_05.jpg")
+    assert default_protocols(cuhk.parents[2]) == ["cuhk03-val"]
+    assert default_protocols(tmp_path / "empty") == []
+    with pytest.raises(ValueError, match="unknown protocol"):
+        protocol_available("market", tmp_path)
+
+
+def test_market1501_train_refuses_evaluation_images(tmp_path):
+    root = tiny_shared_root(tmp_path)
+    q = root / "market1501" / "query" / "0003_c2s1_000301_00.jpg"
+    (root / "market1501" / "bounding_box_train" / q.name).symlink_to(q)   # same file under another folder
+    with pytest.raises(ValueError, match="0003_c2s1_000301_00"):
+        market1501_train(root)
+    with pytest.raises(ValueError, match="market1501"):
+        assert_disjoint_from_protocols([str(q)], root)
+    assert_disjoint_from_protocols([str(root / "market1501" / "bounding_box_train" / "0002_c1s1_000451_03.jpg")], root)
+
+
 def test_assert_disjoint(tmp_path):
     a = [Sample(str(tmp_path / "x.jpg"), 1, 0), Sample(str(tmp_path / "y.jpg"), 2, 0)]
     assert_disjoint(a, [Sample(str(tmp_path / "z.jpg"), 1, 0)])
@@ -175,3 +224,18 @@ def test_adaptation_disjoint_from_evaluation(root):
         query, gallery = protocol(root)
         assert_disjoint(adapt, query + gallery)
         assert not {s.pid for s in cuhk01} & {s.pid for s in query + gallery}
+
+
+def test_market1501_release(root):
+    if not protocol_available("market1501", root):
+        pytest.skip("market1501/ is not in the shared data")
+    query, gallery = market1501_eval(root)
+    assert len(query) == 3368 and len(gallery) == 19732 - 3819          # junk (-1) excluded
+    assert sum(s.pid == 0 for s in gallery) == 2798                     # distractors kept
+    assert sum(s.path.endswith(".jpg.jpg") for s in query) == 6
+    assert sum(s.path.endswith(".jpg.jpg") for s in gallery) == 18 - 2                # 2 of the 18 are junk
+    assert len({s.pid for s in query}) == 750
+    train = market1501_train(root)
+    assert len(train) == 12936 and len({s.pid for s in train}) == 751
+    assert not {s.pid for s in train} & {s.pid for s in query + gallery}
+    assert default_protocols(root) == ["market1501"]

@@ -8,6 +8,7 @@ The evaluate_rank protocol itself is tested in test_metrics.py.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -22,6 +23,7 @@ from osnet_edge.samples import synthetic_crops
 
 REPO = Path(__file__).resolve().parents[1]
 IDS = 8
+EMPTY_DATA = Path("/nonexistent")   # set per module by _no_shared_data
 
 
 def make_market1501(root: Path) -> Path:
@@ -36,7 +38,8 @@ def make_market1501(root: Path) -> Path:
 
     people = synthetic_crops(IDS + 2, seed=11, min_h=64, max_h=128)
     for pid, base in enumerate(people[:IDS], start=1):
-        cv2.imwrite(str(root / "query" / f"{pid:04d}_c1s1_000100_00.jpg"), jitter(base))
+        ext = ".jpg.jpg" if pid == IDS else ".jpg"   # as in the real release: these count
+        cv2.imwrite(str(root / "query" / f"{pid:04d}_c1s1_000100_00{ext}"), jitter(base))
         for k in range(2):
             cv2.imwrite(str(root / "bounding_box_test" / f"{pid:04d}_c2s1_0002{k}0_00.jpg"), jitter(base))
         cv2.imwrite(str(root / "bounding_box_test" / f"{pid:04d}_c1s1_000300_00.jpg"), jitter(base))
@@ -57,15 +60,69 @@ def bundle(tmp_path_factory):
                          GridPoint(0.25, 0.25, "onnxruntime", "fp32"))
 
 
-def evaluate(*args, timeout=180):
+def evaluate(*args, timeout=180, data_root=None, cache=None):
+    """scripts/evaluate.py in a subprocess; shared data = ``data_root`` (an empty folder by default, so
+    that the real 23k-image Market-1501 is never embedded by a unit test), cache under ``cache``."""
+    env = dict(os.environ, OSNET_EDGE_DATA=str(data_root or EMPTY_DATA),
+               OSNET_EDGE_CACHE=str(cache or EMPTY_DATA.parent / "cache"))
     return subprocess.run([sys.executable, str(REPO / "scripts" / "evaluate.py"), "--no-progress", *map(str, args)],
-                          capture_output=True, text=True, cwd=REPO, timeout=timeout)
+                          capture_output=True, text=True, cwd=REPO, timeout=timeout, env=env)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _no_shared_data(tmp_path_factory):
+    global EMPTY_DATA
+    EMPTY_DATA = tmp_path_factory.mktemp("no_shared_data") / "data"
+    EMPTY_DATA.mkdir()
 
 
 def test_market1501_layout_is_read_as_torchreid_does(market):
     es = market1501_set(market)
-    assert len(es.query) == IDS and len(es.gallery) == 3 * IDS + 1   # junk dropped, distractor kept
+    assert len(es.query) == IDS and len(es.gallery) == 3 * IDS + 1   # junk dropped, .jpg.jpg kept, distractor kept
     assert 0 in set(es.g_pids) and -1 not in set(es.g_pids)
+
+
+def test_protocol_market1501_is_the_default_and_embeddings_are_cached(market, bundle, tmp_path):
+    """--protocol market1501 reads <shared>/market1501; with no data option it is the default; the second
+    run reads the cached embeddings (a planted cache file with other features changes the result)."""
+    import shutil
+
+    root = tmp_path / "shared"
+    shutil.copytree(market, root / "market1501")
+    cache = tmp_path / "cache"
+    first = evaluate("--bundle", bundle.path, "--protocol", "market1501", "--threads", "1", "--json",
+                     tmp_path / "a.json", data_root=root, cache=cache)
+    assert first.returncode == 0, first.stderr
+    files = list((cache / "features").glob("*.npy"))
+    assert len(files) == 1
+    default = evaluate("--bundle", bundle.path, "--threads", "1", "--json", tmp_path / "b.json", data_root=root, cache=cache)
+    assert default.returncode == 0, default.stderr
+    a, b = (json.loads((tmp_path / n).read_text())["results"][0] for n in ("a.json", "b.json"))
+    assert a["data"] == b["data"] == "market1501" and a == b
+    assert list((cache / "features").glob("*.npy")) == files          # same key: reused, not re-embedded
+    feats = np.load(files[0])
+    np.save(files[0], feats[::-1].copy())                             # the cache really is what is read
+    planted = evaluate("--bundle", bundle.path, "--threads", "1", "--json", tmp_path / "c.json", data_root=root, cache=cache)
+    assert json.loads((tmp_path / "c.json").read_text())["results"][0]["mAP"] != a["mAP"]
+    fresh = evaluate("--bundle", bundle.path, "--threads", "1", "--no-cache", "--json", tmp_path / "d.json",
+                     data_root=root, cache=cache)
+    assert json.loads((tmp_path / "d.json").read_text())["results"][0] == a
+
+
+def test_cache_key_depends_on_images_and_model_not_on_where_the_data_lives(market, bundle, tmp_path):
+    from osnet_edge.bundle import load_bundle
+    from osnet_edge.report import bundle_identity, file_identity
+
+    rel = market1501_set(os.path.relpath(market))
+    assert rel.fingerprint == market1501_set(market).fingerprint
+    relabelled = market1501_set(market)
+    relabelled.query[0] = relabelled.query[0].__class__(relabelled.query[0].path, 99, 1)
+    assert relabelled.fingerprint != rel.fingerprint
+    b = load_bundle(bundle.path)
+    assert bundle_identity(b) == bundle_identity(b, "onnxruntime") != bundle_identity(b, "openvino")
+    ckpt = tmp_path / "w.bin"
+    ckpt.write_bytes(b"weights")
+    assert file_identity(ckpt, "res 1") != file_identity(ckpt, "res 0.5")
 
 
 def test_bundle_and_its_onnx_as_foreign_agree(market, bundle, tmp_path):
