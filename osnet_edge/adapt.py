@@ -420,6 +420,14 @@ def adapt(weights: PathLike, out: PathLike, data: Union[AdaptationData, Sequence
         torch.set_num_threads(before)
 
 
+def _bn_subset(images: Sequence[np.ndarray], limit: int) -> list:
+    """At most ``limit`` images, evenly spaced: BN statistics settle long before 13k crops
+    (precise BN uses a few thousand), and every pass over the data costs minutes on a CPU."""
+    if limit <= 0 or len(images) <= limit:
+        return list(images)
+    return [images[int(i)] for i in np.linspace(0, len(images) - 1, limit).round()]
+
+
 def _classifier_head(state: Mapping[str, torch.Tensor], dim: int, num_ids: int,
                      cfg: AdaptConfig) -> tuple[nn.Linear, str]:
     """The cross-entropy head and how it was initialised.
@@ -539,7 +547,7 @@ def _adapt(weights, out, data, res, width, variant, teacher, config, teacher_for
         history, epoch_seconds = list(saved["history"]), list(saved["epoch_seconds"])
         teacher_seconds, elapsed_before = float(saved["teacher_seconds"]), float(saved["seconds"])
     elif cfg.adabn:
-        recalibrate_bn(student, data.images, hw, cfg.batch_size, progress=progress)
+        recalibrate_bn(student, _bn_subset(data.images, cfg.bn_images), hw, cfg.batch_size, progress=progress)
 
     num_sets = cfg.view_sets or cfg.epochs
     teacher_cache: dict[int, tuple[torch.Tensor, Optional[torch.Tensor]]] = {}
@@ -674,7 +682,7 @@ def _adapt(weights, out, data, res, width, variant, teacher, config, teacher_for
         history.append({"epoch": epoch + 1, **{k: round(v / len(batches), 6) for k, v in sums.items()}})
         last = epoch + 1 == cfg.epochs
         if last and cfg.bn == "train" and cfg.recalibrate:
-            recalibrate_bn(student, data.images, hw, cfg.batch_size, progress=progress)
+            recalibrate_bn(student, _bn_subset(data.images, cfg.bn_images), hw, cfg.batch_size, progress=progress)
         student.eval()
         record = save(epoch + 1, complete=last)
         if progress:
@@ -685,7 +693,7 @@ def _adapt(weights, out, data, res, width, variant, teacher, config, teacher_for
             on_epoch(epoch + 1, student, record)
     if start_epoch >= cfg.epochs:  # resumed a run whose last epoch was saved but not finalised
         if cfg.bn == "train" and cfg.recalibrate:
-            recalibrate_bn(student, data.images, hw, cfg.batch_size, progress=progress)
+            recalibrate_bn(student, _bn_subset(data.images, cfg.bn_images), hw, cfg.batch_size, progress=progress)
         record = save(cfg.epochs, complete=True)
     return AdaptResult(student.eval(), record, out)
 

@@ -65,6 +65,7 @@ class AdaptConfig:
     bn: str = "train"                   # "train": batch statistics + recalibration; "frozen"
     adabn: bool = True                  # re-estimate BN statistics at the student resolution first
     recalibrate: bool = True            # precise BN on clean views after training (bn="train")
+    bn_images: int = 4096               # images for AdaBN / recalibration (0 = all)
     freeze: tuple = ()                  # top-level modules kept fixed, e.g. ("conv1", "conv2")
     augmentation: Augmentation = field(default_factory=Augmentation)
     view_sets: int = 0                  # distinct augmented view sets; 0 = a fresh one per epoch
@@ -88,6 +89,8 @@ class AdaptConfig:
             raise ValueError(f"head must be 'auto' or 'new', got {self.head!r}")
         if self.bn not in ("train", "frozen"):
             raise ValueError(f"bn must be 'train' or 'frozen', got {self.bn!r}")
+        if isinstance(self.bn_images, bool) or not isinstance(self.bn_images, int) or self.bn_images < 0:
+            raise ValueError(f"bn_images must be an int >= 0, got {self.bn_images!r}")
         if self.view_sets < 0:
             raise ValueError(f"view_sets must be >= 0, got {self.view_sets}")
         if not self.temperature > 0:

@@ -96,10 +96,18 @@ class ForeignModel:
 def known_peers(data_root: str | os.PathLike) -> dict[str, dict]:
     """The vendor/third-party peers in ../shared/data/weights that exist: name -> ForeignModel kwargs."""
     root = Path(data_root) / "weights"
+    def omz(model: str, precision: str) -> Path:
+        name = f"person-reidentification-retail-{model}"
+        return root / "openvino-omz" / name / precision / f"{name}.xml"
+
     cands = {
-        "omz-0287-fp32": (root / "openvino-omz/person-reidentification-retail-0287/FP32/person-reidentification-retail-0287.xml", "bgr255"),
-        "omz-0287-fp16-int8": (root / "openvino-omz/person-reidentification-retail-0287/FP16-INT8/person-reidentification-retail-0287.xml", "bgr255"),
-        "omz-0288-fp32": (root / "openvino-omz/person-reidentification-retail-0288/FP32/person-reidentification-retail-0288.xml", "bgr255"),
+        "omz-0265-fp16": (omz("0265", "FP16"), "bgr255"),
+        "omz-0265-fp16-int8": (omz("0265", "FP16-INT8"), "bgr255"),
+        "omz-0277-fp16": (omz("0277", "FP16"), "bgr255"),
+        "omz-0286-fp16": (omz("0286", "FP16"), "bgr255"),
+        "omz-0287-fp32": (omz("0287", "FP32"), "bgr255"),
+        "omz-0287-fp16-int8": (omz("0287", "FP16-INT8"), "bgr255"),
+        "omz-0288-fp32": (omz("0288", "FP32"), "bgr255"),
         "boxmot-osnet_x0_25-onnx": (root / "onnx-boxmot/osnet_x0_25_msmt17.onnx", "rgb_imagenet"),
     }
     return {name: {"path": str(p), "input_format": fmt, "name": name} for name, (p, fmt) in cands.items() if p.is_file()}

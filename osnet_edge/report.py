@@ -178,12 +178,18 @@ class TorchReference:
             return self.model(torch.from_numpy(batch)).numpy()
 
     def __call__(self, crops: Sequence[np.ndarray]) -> np.ndarray:
-        from .extractor import as_crop_list, l2_normalize
+        from .extractor import l2_normalize
+
+        return l2_normalize(self.raw(crops))
+
+    def raw(self, crops: Sequence[np.ndarray]) -> np.ndarray:
+        """The 512-d features before L2 normalisation (what torchreid's euclidean metric ranks)."""
+        from .extractor import as_crop_list
 
         crops = as_crop_list(crops)
         if not crops:
             return np.zeros((0, self.dim), np.float32)
-        return l2_normalize(self.infer_raw(self.model_input(crops)).astype(np.float32))
+        return self.infer_raw(self.model_input(crops)).astype(np.float32)
 
 
 def embed(embedder: Callable[[list[np.ndarray]], np.ndarray], crops: Sequence[np.ndarray], batch_size: int = 64,
@@ -253,7 +259,7 @@ def file_identity(path: str | os.PathLike, extra: str = "") -> str:
 
 def evaluate_embedder(embedder: Callable, evalset: EvalSet, batch_size: int = 64, cache: FeatureCache | None = None,
                       identity: str | None = None, progress: bool = True,
-                      ranks: Iterable[int] = (1, 5, 10)) -> tuple[dict, np.ndarray, np.ndarray]:
+                      ranks: Iterable[int] = (1, 5, 10), metric: str = "cosine") -> tuple[dict, np.ndarray, np.ndarray]:
     """Rank-k / mAP (percent) of ``embedder`` on ``evalset``, and the query / gallery features.
 
     With ``cache`` and ``identity`` (what the embedder is, e.g. :func:`bundle_identity`) the
@@ -268,7 +274,8 @@ def evaluate_embedder(embedder: Callable, evalset: EvalSet, batch_size: int = 64
     else:
         feats = compute()
     qf, gf = feats[:len(evalset.query)], feats[len(evalset.query):]
-    metrics = rank_metrics(qf, gf, evalset.q_pids, evalset.g_pids, evalset.q_camids, evalset.g_camids, ranks)
+    metrics = rank_metrics(qf, gf, evalset.q_pids, evalset.g_pids, evalset.q_camids, evalset.g_camids, ranks,
+                           metric=metric)
     return metrics, qf, gf
 
 

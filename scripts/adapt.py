@@ -82,6 +82,9 @@ def build_parser() -> Parser:
     r.add_argument("--bn", choices=["train", "frozen"], default=d.bn,
                    help="BatchNorm during training: batch statistics then recalibration (train), or "
                         f"frozen at the AdaBN statistics (default {d.bn})")
+    r.add_argument("--view-sets", type=int, default=d.view_sets, metavar="N",
+                   help="distinct augmented view sets, reused in turn (the teacher embeds each once: on 13k crops "
+                        "that is ~1 min per set on a CPU); 0 = a fresh set every epoch (default %(default)s)")
     r.add_argument("--freeze", nargs="*", default=list(d.freeze), metavar="MODULE",
                    help="top-level modules kept fixed, e.g. conv1 conv2")
     r.add_argument("--seed", type=int, default=d.seed, help=f"default {d.seed}")
@@ -117,7 +120,7 @@ def main(argv=None) -> int:
     d = AdaptConfig()
     losses = args.losses or _spec({**d.losses, "ce": 1.0} if args.labels else d.losses)  # auto[,ce=1]
     cfg = AdaptConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, schedule=args.schedule,
-                      losses=losses, temperature=args.temperature, head=args.head, bn=args.bn, freeze=tuple(args.freeze),
+                      losses=losses, temperature=args.temperature, head=args.head, bn=args.bn, view_sets=args.view_sets, freeze=tuple(args.freeze),
                       teacher_res=args.teacher_res, seed=args.seed)
     if cfg.uses_labels and not args.labels:
         raise CliError(f"losses {losses} need identities: add --labels")

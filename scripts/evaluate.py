@@ -51,6 +51,9 @@ def build_parser() -> Parser:
     p.add_argument("--input-format", choices=["bgr255", "rgb_imagenet"], default=None,
                    help="--foreign: what the model expects: bgr255 (Open Model Zoo: mean/scale inside) or "
                         "rgb_imagenet (torchreid-style exports). Default: bgr255 for .xml, rgb_imagenet for .onnx")
+    p.add_argument("--metric", choices=["cosine", "euclidean"], default="cosine",
+                   help="--weights: cosine (default, what the Extractor's normalised embeddings give) or squared "
+                        "euclidean on the raw features (torchreid's default metric, used by the paper's Table 6)")
     data = p.add_argument_group("data (one of)")
     data.add_argument("--data", metavar="DIR", help="a Market-1501-layout folder with query/ and bounding_box_test/ "
                       "(e.g. ../shared/data/market1501); with --protocol: the shared data root (default ../shared/data)")
@@ -99,7 +102,9 @@ def identity_of(args, model) -> str:
     if args.bundle:
         return bundle_identity(model.bundle, model.runtime)
     if args.weights:
-        return file_identity(args.weights, f"torch|{model.width}|{model.input_size}|{args.variant}|{model.interpolation}")
+        raw = "|raw" if args.metric == "euclidean" else ""
+        return file_identity(args.weights,
+                             f"torch|{model.width}|{model.input_size}|{args.variant}|{model.interpolation}{raw}")
     return file_identity(args.foreign, f"foreign|{model.input_format}|{model.input_size}")
 
 
@@ -130,6 +135,9 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     if args.batch_size < 1:
         raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}")
+    if args.metric != "cosine" and not args.weights:
+        raise CliError("--metric euclidean needs --weights: bundles and foreign models give L2-normalised embeddings, "
+                       "on which euclidean ranks exactly as cosine")
     if args.interpolation and not args.weights:
         raise CliError("--interpolation applies to --weights; a bundle resizes as its manifest says "
                        "(export it with --interpolation)")
@@ -143,9 +151,10 @@ def main(argv=None) -> int:
     results = []
     try:
         for es in sets:
-            metrics, _, _ = evaluate_embedder(model, es, args.batch_size, cache=cache, identity=identity,
-                                              progress=not args.no_progress)
-            results.append({"data": es.name, **metrics})
+            embedder = model.raw if args.metric == "euclidean" else model
+            metrics, _, _ = evaluate_embedder(embedder, es, args.batch_size, cache=cache, identity=identity,
+                                              progress=not args.no_progress, metric=args.metric)
+            results.append({"data": es.name, "metric": args.metric, **metrics})
             print(f"{es.name}: {metrics['num_query']} query, {metrics['num_gallery']} gallery | "
                   f"rank-1 {metrics['rank1']:.1f}  rank-5 {metrics['rank5']:.1f}  rank-10 {metrics['rank10']:.1f}  "
                   f"mAP {metrics['mAP']:.1f}")

@@ -65,6 +65,7 @@ def build_parser() -> Parser:
     p.add_argument("--work", default="runs/int8_fidelity", help="where bundles are written (default %(default)s)")
     p.add_argument("--cache", default=None, help="embedding cache (default ~/.cache/osnet_edge/features)")
     p.add_argument("--json", default=None, help="write all rows here")
+    p.add_argument("--threads", type=int, default=None, help="inference and torch threads (default: the runtimes')")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     return p
 
@@ -81,6 +82,9 @@ def main(argv=None) -> int:
     from osnet_edge.quantize import cpu_int8_flags, fidelity_report
     from osnet_edge.report import FeatureCache, bundle_identity, evaluate_embedder, protocol_set
 
+    if args.threads:
+        import torch
+        torch.set_num_threads(args.threads)
     data = shared_data_dir()
     if data is None:
         raise CliError("shared data not found (../shared/data or $OSNET_EDGE_DATA)")
@@ -104,7 +108,7 @@ def main(argv=None) -> int:
 
     def embed(bundle_dir: str, runtime: str | None = None) -> dict:
         out = {}
-        with Extractor(bundle_dir, runtime=runtime) as ext:
+        with Extractor(bundle_dir, runtime=runtime, threads=args.threads) as ext:
             for es in evalsets:
                 _, qf, gf = evaluate_embedder(ext, es, 64, cache, bundle_identity(ext.bundle, ext.runtime),
                                               progress=progress)

@@ -268,3 +268,20 @@ def test_rank_metrics_partial():
     assert out["rank1"] == pytest.approx(0.0)
     assert out["rank2"] == pytest.approx(100.0)
     assert out["mAP"] == pytest.approx(50.0)
+
+
+def test_euclidean_matches_naive_and_ranks_like_cosine_on_unit_rows():
+    from osnet_edge.metrics import euclidean_distance
+
+    rng = np.random.default_rng(5)
+    q, g = rng.normal(size=(7, 12)) * 3, rng.normal(size=(11, 12))
+    naive = np.array([[float(((a - b) ** 2).sum()) for b in g] for a in q])
+    np.testing.assert_allclose(euclidean_distance(q, g, chunk=3), naive, rtol=1e-5, atol=1e-4)
+    ids = dict(q_pids=rng.integers(0, 4, 7), g_pids=rng.integers(0, 4, 11), q_camids=np.zeros(7, int),
+               g_camids=np.ones(11, int))
+    unit_q, unit_g = q / np.linalg.norm(q, axis=1, keepdims=True), g / np.linalg.norm(g, axis=1, keepdims=True)
+    assert rank_metrics(unit_q, unit_g, **ids, metric="euclidean") == rank_metrics(unit_q, unit_g, **ids)
+    with pytest.raises(ValueError, match="metric"):
+        rank_metrics(q, g, **ids, metric="manhattan")
+    with pytest.raises(ValueError, match="expected"):
+        euclidean_distance(q, g[:, :5])
