@@ -16,9 +16,11 @@ examples:
   # the agreed adaptation set of the shared data, and rank-1/mAP before/after on its evaluation sets
   python scripts/adapt.py --weights ../shared/data/weights/torchreid/osnet_x0_25_msmt17.pth --res 0.5 \\
       --adaptation-set --eval --out x025_r05.pth
-  # with identities from Market-1501 / CUHK file names: cross-entropy (+ distillation)
-  python scripts/adapt.py --weights osnet_x0_25_msmt17.pth --res 0.5 --data market/bounding_box_train \\
-      --labels --out x025_r05_ft.pth
+  # the Market-1501 benchmark recipe (README "Results"): bounding_box_train only, identities from the file
+  # names -> distillation from 256x128 + cross-entropy, the head starting from the checkpoint's classifier
+  python scripts/adapt.py --weights ../shared/data/weights/torchreid/osnet_x0_25_market1501.pth --res 0.5 \\
+      --data ../shared/data/market1501/bounding_box_train --labels --epochs 9 --view-sets 3 --threads 1 \\
+      --out x025_market_r05.pth
   # a foreign 256-d teacher (Open Model Zoo, BGR 0-255): similarity-structure losses only
   python scripts/adapt.py --weights osnet_x0_25_msmt17.pth --res 1.0 --data crops/ --out x025_omz.pth \\
       --teacher person-reidentification-retail-0287.xml --losses simkl=1,relational=1
