@@ -24,6 +24,7 @@ import numpy as np
 
 from osnet_edge.data import NAMINGS, Sample, read_market1501
 from osnet_edge.preprocess import DEFAULT_INTERPOLATION, INTERPOLATIONS, Normalizer, read_image, resize
+from osnet_edge.progress import progress_bar
 
 __all__ = ["CalibrationSet", "DEFAULT_CACHE_DIR", "IMAGE_EXTENSIONS", "find_images"]
 
@@ -319,8 +320,8 @@ class CalibrationSet:
         limit = self.max_images or len(self._order)
         h, w = self.input_size
         images, used, skipped = [], [], []
-        bar = _progress(total=min(limit, len(self._order)), desc="reading calibration crops",
-                        enabled=self.progress)
+        bar = progress_bar(total=min(limit, len(self._order)), desc="reading calibration crops", unit="img",
+                           leave=False, enabled=self.progress)
         for s in self._order:
             if len(used) >= limit:
                 break
@@ -350,17 +351,3 @@ class CalibrationSet:
             os.replace(tmp, path)
         except OSError as exc:  # a read-only home must not break calibration
             warnings.warn(f"could not write the calibration cache in {path.parent}: {exc}")
-
-
-def _progress(total: int, desc: str, enabled: bool):
-    try:
-        from tqdm import tqdm
-    except ImportError:  # tqdm is optional on devices
-        enabled = False
-    if not enabled:
-        class _Null:
-            def update(self, n: int) -> None: ...
-
-            def close(self) -> None: ...
-        return _Null()
-    return tqdm(total=total, desc=desc, unit="img", leave=False)

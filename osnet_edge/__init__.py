@@ -17,6 +17,11 @@ _repo = _os.path.dirname(_os.path.dirname(_os.path.abspath(__file__)))
 if _os.path.isfile(_os.path.join(_repo, "setup.cfg")) and _os.path.isdir(_os.path.join(_repo, "runtimes")):
     __path__.append(_repo)  # type: ignore[name-defined]  # noqa: F821
 
+# Warning categories: imported eagerly (no dependencies) so ``category=osnet_edge.RandomWeightsWarning``
+# works in a filter before anything else is loaded.
+from .notices import (OddInputSizeWarning, OsnetEdgeWarning, RandomWeightsWarning,  # noqa: E402
+                      UnadaptedResolutionWarning)
+
 _LAZY = {
     "Extractor": ("osnet_edge.extractor", "Extractor"),
     "load_bundle": ("osnet_edge.bundle", "load_bundle"),
@@ -39,4 +44,5 @@ def __getattr__(name: str):
     raise AttributeError(f"module 'osnet_edge' has no attribute {name!r}")
 
 
-__all__ = ["__version__", *_LAZY]
+__all__ = ["__version__", "OsnetEdgeWarning", "RandomWeightsWarning", "UnadaptedResolutionWarning",
+           "OddInputSizeWarning", *_LAZY]

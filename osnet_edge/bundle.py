@@ -3,6 +3,10 @@
 Written atomically: everything is built in a hidden staging directory next to the
 destination and renamed into place only when complete, so an interrupted export never
 leaves a directory that loads. Loading verifies every file's sha256.
+
+A bundle is often written by one account (root, a provisioning script) and read by another (a
+camera service account, a non-root container): its directories are made 0755 and its files 0644,
+less what the process umask removes (umask 077 keeps it private).
 """
 from __future__ import annotations
 
@@ -12,13 +16,18 @@ import json
 import os
 import shutil
 import tempfile
+import threading
 import uuid
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 FORMAT = "osnet-edge-bundle"
-FORMAT_VERSION = 1
+# 2: model.mult_adds (was macs), model.input_size_order "HW", model.input_layout describes the tensor
+# only (the colour is preprocess.color), preprocess.description, random_seed. Version 1 still loads.
+FORMAT_VERSION = 2
+READABLE_FORMAT_VERSIONS = (1, 2)
 MANIFEST = "manifest.json"
 TARGETS = ("onnxruntime", "openvino", "tensorrt")
 PRECISIONS = ("fp32", "fp16", "bf16", "int8")
@@ -28,10 +37,23 @@ PRECISIONS = ("fp32", "fp16", "bf16", "int8")
 COMPATIBLE_RUNTIMES = {"onnxruntime": ("onnxruntime",), "openvino": ("openvino",),
                        "tensorrt": ("tensorrt", "onnxruntime")}
 REQUIRED_KEYS = ("format", "format_version", "model", "preprocess", "runtime", "precision", "files")
+# Seed of the random initialisation when a bundle is exported without weights: every runtime and
+# precision of such a configuration then holds the same network (fidelity compares like with like).
+RANDOM_WEIGHTS_SEED = 0
+DIR_MODE, FILE_MODE = 0o755, 0o644   # readable by other accounts, before the umask is applied
 
 
 class BundleError(ValueError):
     """A bundle directory is missing, incomplete, tampered with or for another runtime."""
+
+
+def default_bundle_name(variant: str, width: float, res: float, target: str, precision: str) -> str:
+    """The one naming scheme for bundles, e.g. ``osnet_x0_25_r0_5_onnxruntime_fp32``: what
+    scripts/export.py writes under bundles/ by default and what the profiler looks for there."""
+    def number(x: float) -> str:
+        return str(float(x)).replace(".", "_")
+
+    return f"{variant}_x{number(width)}_r{number(res)}_{target}_{precision}"
 
 
 def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
@@ -79,6 +101,20 @@ class Bundle:
     def max_batch(self) -> int | None:
         return self.manifest.get("max_batch")
 
+    @property
+    def mult_adds(self) -> int | None:
+        """Mult-adds of one image's forward (format 1 called the field ``macs``)."""
+        model = self.manifest["model"]
+        return model.get("mult_adds", model.get("macs"))
+
+    @property
+    def random_weights(self) -> bool:
+        """True when the network was randomly initialised (no checkpoint, no adaptation)."""
+        m = self.manifest
+        if "random_weights" in m:
+            return bool(m["random_weights"])
+        return m.get("weights") is None and not m.get("adaptation")
+
     def check_runtime(self, runtime: str) -> None:
         allowed = COMPATIBLE_RUNTIMES.get(self.runtime, (self.runtime,))
         if runtime not in allowed:
@@ -100,9 +136,10 @@ def _read_manifest(path: Path) -> dict[str, Any]:
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
         raise BundleError(f"{mpath} is not an osnet_edge manifest (format must be {FORMAT!r})")
     version = manifest.get("format_version")
-    if version != FORMAT_VERSION:
-        raise BundleError(f"{mpath} has format_version {version!r}; this osnet_edge reads version "
-                          f"{FORMAT_VERSION}. Re-export the bundle with this version of osnet_edge")
+    if version not in READABLE_FORMAT_VERSIONS or isinstance(version, bool):
+        raise BundleError(f"{mpath} has format_version {version!r}; this osnet_edge reads versions "
+                          f"{', '.join(map(str, READABLE_FORMAT_VERSIONS))}. Re-export the bundle with this "
+                          "version of osnet_edge")
     missing = [k for k in REQUIRED_KEYS if k not in manifest]
     if missing:
         raise BundleError(f"{mpath} lacks required fields: {', '.join(missing)}")
@@ -157,7 +194,34 @@ def _check_fields(manifest: dict[str, Any], mpath: Path) -> None:
 
 
 def load_bundle(path: str | os.PathLike, verify: bool = True) -> Bundle:
-    """Read a bundle's manifest; with ``verify`` check every listed file's size and sha256."""
+    """Read a bundle's manifest; with ``verify`` check every listed file's size and sha256.
+
+    A bundle with random weights warns once per bundle path and process
+    (:class:`osnet_edge.RandomWeightsWarning`): it loads and runs, but cannot re-identify anyone.
+    """
+    bundle = _load_verified(path, verify)
+    if bundle.random_weights:
+        _warn_random_weights_once(bundle.path)
+    return bundle
+
+
+_warned_random: set[str] = set()
+_warned_random_lock = threading.Lock()
+
+
+def _warn_random_weights_once(path: Path) -> None:
+    from .notices import RandomWeightsWarning, random_weights_advice
+
+    key = str(path.resolve())
+    with _warned_random_lock:
+        if key in _warned_random:
+            return
+        _warned_random.add(key)
+    warnings.warn(f"bundle {path} holds RANDOMLY INITIALISED weights (exported without --weights): "
+                  f"{random_weights_advice()}", RandomWeightsWarning, stacklevel=3)
+
+
+def _load_verified(path: str | os.PathLike, verify: bool) -> Bundle:
     path = Path(path)
     if not path.is_dir():
         what = "is not a directory" if path.exists() else "not found"
@@ -243,6 +307,7 @@ class BundleWriter:
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, self.path / MANIFEST)
+        make_readable(self.path)  # mkdtemp made it 0700: a service account could not read the bundle
         old = None
         if self.out_dir.exists():
             old = self.out_dir.parent / f".{self.out_dir.name}.old-{uuid.uuid4().hex[:8]}"
@@ -250,7 +315,33 @@ class BundleWriter:
         os.replace(self.path, self.out_dir)
         if old is not None:
             shutil.rmtree(old, ignore_errors=True)
-        self.bundle = load_bundle(self.out_dir)
+        self.bundle = _load_verified(self.out_dir, verify=True)  # the exporter has warned about random weights
+
+
+def current_umask() -> int:
+    """The process umask, read without changing it where /proc allows (os.umask can only swap it)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def make_readable(root: str | os.PathLike) -> None:
+    """Directories DIR_MODE and files FILE_MODE under ``root`` (itself included), less the umask."""
+    umask = current_umask()
+    dir_mode, file_mode = DIR_MODE & ~umask, FILE_MODE & ~umask
+    os.chmod(root, dir_mode)
+    for parent, dirs, files in os.walk(root):
+        for name in dirs:
+            os.chmod(os.path.join(parent, name), dir_mode)
+        for name in files:
+            os.chmod(os.path.join(parent, name), file_mode)
 
 
 def _process_alive(pid: int) -> bool:

@@ -15,8 +15,9 @@ import torch
 from torch import nn
 
 from . import __version__
-from .bundle import PRECISIONS, TARGETS, Bundle, BundleWriter
+from .bundle import PRECISIONS, RANDOM_WEIGHTS_SEED, TARGETS, Bundle, BundleWriter
 from .models import FEATURE_DIM, build_osnet, input_size, load_torchreid_weights
+from .notices import RandomWeightsWarning, UnadaptedResolutionWarning, random_weights_advice
 from .preprocess import DEFAULT_INTERPOLATION, IMAGENET_MEAN, IMAGENET_STD
 
 log = logging.getLogger("osnet_edge.export")
@@ -26,6 +27,12 @@ INPUT_NAME, OUTPUT_NAME = "input", "embedding"
 # Precisions each target can honour. bf16 is an OpenVINO CPU execution hint (fp32 IR).
 TARGET_PRECISIONS = {"onnxruntime": ("fp32", "fp16", "int8"), "openvino": ("fp32", "fp16", "bf16", "int8"),
                      "tensorrt": ("fp32", "fp16", "int8")}
+
+
+# Measured (scripts/evaluate.py, Market-1501 protocol): what exporting full-resolution weights at a
+# reduced resolution without adaptation costs. Quoted by the export warning.
+UNADAPTED_DROP = ("x0.25 Market-1501 checkpoint at res 0.5 on Market-1501: rank-1 91.5 -> 27.3 %, "
+                  "mAP 77.4 -> 11.0 %")
 
 
 class ExportError(RuntimeError):
@@ -186,18 +193,58 @@ def _versions(target: str) -> dict[str, str]:
     return out
 
 
+def warn_if_unadapted(weights: str | os.PathLike | None, adaptation: Any, res: float) -> None:
+    """Warn (:class:`UnadaptedResolutionWarning`) when ``weights`` (a checkpoint; None: a model passed
+    in) are exported at a resolution they were not trained or adapted for: full-resolution weights
+    lose most of their accuracy at res < 1."""
+    h, w = input_size(res)
+    adapted_res = adaptation.get("res") if isinstance(adaptation, dict) else None
+    if adaptation and (adapted_res is None or abs(float(adapted_res) - res) < 1e-9):
+        return
+    if adapted_res is not None:
+        what = f"was adapted for res {float(adapted_res):g}, not for res {res:g} ({h}x{w})"
+    elif res < 1:
+        what = (f"holds full-resolution (256x128) weights without adaptation, exported at res {res:g} ({h}x{w}): "
+                f"accuracy drops sharply (measured, {UNADAPTED_DROP})")
+    else:
+        return
+    source = "the model" if weights is None else str(weights)
+    warnings.warn(f"{source} {what}. Adapt the weights to this resolution first: python scripts/adapt.py "
+                  f"--weights {weights or 'CKPT'} --res {res:g} --data CROPS_DIR --out adapted.pth, then export "
+                  "adapted.pth", UnadaptedResolutionWarning, stacklevel=3)
+
+
+def _random_model(width: float, variant: str, seed: int) -> nn.Module:
+    """A randomly initialised OSNet from a fixed seed (the caller's RNG state is left untouched)."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return build_osnet(width, variant)
+
+
+def _preprocess_description(fused: bool) -> str:
+    """The pipeline in words, so that a tool reading only the manifest feeds the model right."""
+    head = "crops are BGR uint8 (OpenCV order), resized to input_size (H, W); "
+    if fused:
+        return head + ("the model takes them as NHWC uint8 and itself reverses the channels, scales to [0, 1] "
+                       "and normalises with mean/std (given in RGB order)")
+    return head + ("then reversed to RGB, scaled to [0, 1] and normalised with mean/std (RGB order) into the "
+                   "model's NCHW float32 input")
+
+
 def export_bundle(out: str | os.PathLike, width: float = 1.0, res: float = 1.0, variant: str = "osnet",
                   target: str = "onnxruntime", precision: str = "fp32", weights: str | os.PathLike | None = None,
                   fuse_preprocess: bool = False, max_batch: int = 64, calibration: Any = None,
                   calib_method: str | None = None, interpolation: str = DEFAULT_INTERPOLATION,
                   opset: int = DEFAULT_OPSET, allow_unsafe_pickle: bool = False, overwrite: bool = True,
                   model: nn.Module | None = None, on_step: Callable[[str], None] | None = None,
-                  **quant_options: Any) -> Bundle:
+                  random_seed: int = RANDOM_WEIGHTS_SEED, **quant_options: Any) -> Bundle:
     """Export OSNet (``width``, ``res``, ``variant``) as a bundle for ``target`` at ``precision``.
 
-    ``weights``: a torchreid checkpoint; None exports random weights (accuracy meaningless,
-    the manifest says so). ``calibration``: a CalibrationSet (int8 only). ``model`` lets a
-    caller pass an already built (e.g. adapted) network instead of width/variant/weights.
+    ``weights``: a torchreid checkpoint; None exports random weights initialised from
+    ``random_seed`` (accuracy meaningless: warns, and the manifest says so). Full-resolution
+    weights exported at ``res`` < 1 without adaptation warn with the measured accuracy drop.
+    ``calibration``: a CalibrationSet (int8 only). ``model`` lets a caller pass an already
+    built (e.g. adapted) network instead of width/variant/weights.
     """
     from ._counting import count_macs, count_params
 
@@ -220,20 +267,24 @@ def export_bundle(out: str | os.PathLike, width: float = 1.0, res: float = 1.0, 
         if not cpu_supports_bf16():
             warnings.warn("this CPU has no bf16 support: the bundle will not load here")
     hw = input_size(res)
-    weights_info = None
-    if model is None:
+    weights_info, seed = None, None
+    if model is None and weights is not None:
         model = build_osnet(width, variant)
-        if weights is not None:
-            step(f"loading weights {weights}")
-            info = load_torchreid_weights(model, weights, allow_unsafe_pickle=allow_unsafe_pickle)
-            weights_info = {"source": str(Path(weights).resolve()), "sha256": info["sha256"]}
-            if info.get("adaptation"):
-                model.adaptation = info["adaptation"]
-        else:
-            warnings.warn("no --weights given: exporting a RANDOMLY INITIALISED model; its embeddings "
-                          "are meaningless for re-identification (use it only to test the pipeline)")
+        step(f"loading weights {weights}")
+        info = load_torchreid_weights(model, weights, allow_unsafe_pickle=allow_unsafe_pickle)
+        weights_info = {"source": str(Path(weights).resolve()), "sha256": info["sha256"]}
+        if info.get("adaptation"):
+            model.adaptation = info["adaptation"]
+        warn_if_unadapted(weights, info.get("adaptation"), float(res))
+    elif model is None:
+        seed = random_seed
+        model = _random_model(width, variant, seed)
+        warnings.warn(f"no --weights given: exporting a RANDOMLY INITIALISED model (seed {seed}); "
+                      f"{random_weights_advice()}", RandomWeightsWarning, stacklevel=2)
     else:
         width, variant = getattr(model, "width", width), getattr(model, "variant", variant)
+        if getattr(model, "adaptation", None):
+            warn_if_unadapted(None, model.adaptation, float(res))
     model.eval()
     params, macs = count_params(model), count_macs(model, hw)
 
@@ -273,14 +324,17 @@ def export_bundle(out: str | os.PathLike, width: float = 1.0, res: float = 1.0, 
                                "by GPU + compute capability + TensorRT version + ONNX sha256"}
         w.manifest.update({
             "model": {"variant": variant, "width": float(width), "res": float(res), "input_size": list(hw),
-                      "embedding_dim": FEATURE_DIM, "params": params, "macs": macs,
-                      "input_name": INPUT_NAME, "output_name": OUTPUT_NAME,
-                      "input_layout": "NHWC uint8 BGR" if fuse_preprocess else "NCHW float32 RGB normalised"},
+                      "input_size_order": "HW", "embedding_dim": FEATURE_DIM, "params": params,
+                      "mult_adds": macs, "input_name": INPUT_NAME, "output_name": OUTPUT_NAME,
+                      # the tensor only: its colour is preprocess.color (+ preprocess.description)
+                      "input_layout": "NHWC uint8" if fuse_preprocess else "NCHW float32"},
             "weights": weights_info,
             "random_weights": weights_info is None and not getattr(model, "adaptation", None),
+            "random_seed": seed,
             "adaptation": getattr(model, "adaptation", None),
             "preprocess": {"color": "BGR", "mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD),
-                           "interpolation": interpolation, "fused": bool(fuse_preprocess)},
+                           "interpolation": interpolation, "fused": bool(fuse_preprocess),
+                           "description": _preprocess_description(fuse_preprocess)},
             "runtime": target, "precision": precision, "max_batch": max_batch,
             "calibration": calibration_info, "quantization": quant_report, "build": build or None,
             "versions": _versions(target), "opset": opset,

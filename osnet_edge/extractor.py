@@ -12,24 +12,44 @@ from typing import Any, Sequence
 import numpy as np
 
 from .bundle import Bundle, BundleError, load_bundle
-from .preprocess import INTERPOLATIONS, Normalizer, resize
+from .preprocess import INTERPOLATIONS, Normalizer, check_color, resize, to_bgr
 from .runtimes.base import RuntimeFailure
 
 _GRAY_HINT = "convert with cv2.cvtColor(img, cv2.COLOR_GRAY2BGR)"
 _BGRA_HINT = "convert with cv2.cvtColor(img, cv2.COLOR_BGRA2BGR)"
+_PIL_HINT = ("convert it to a numpy array first: np.asarray(img.convert(\"RGB\")) with Extractor(..., color=\"rgb\"), "
+             "or cv2.cvtColor(np.asarray(img.convert(\"RGB\")), cv2.COLOR_RGB2BGR) for the default color=\"bgr\"")
+# A crop smaller than this (pixels, either side, after clipping to the frame) carries no identity:
+# it is a detector artefact or a box in the wrong units, so from_frame refuses it.
+MIN_CROP_SIDE = 4
 
 
 def _describe(a: np.ndarray) -> str:
     return f"array of shape {a.shape} and dtype {a.dtype}"
 
 
+def _is_pil_image(x: Any) -> bool:
+    """A PIL/Pillow image, recognised without importing PIL (the device side does not need it)."""
+    return type(x).__module__.startswith("PIL.")
+
+
+def _float_hint(a: np.ndarray) -> str:
+    """The conversion that keeps the image: [0, 1] floats are scaled, 0-255 floats clipped."""
+    finite = a[np.isfinite(a)] if a.size else a
+    if finite.size and finite.min() >= 0 and finite.max() <= 1:
+        return "values are in [0, 1]: convert with (np.clip(x, 0, 1) * 255).round().astype(np.uint8)"
+    return "convert explicitly, e.g. np.clip(x, 0, 255).astype(np.uint8)"
+
+
 def _check_dtype(a: np.ndarray, where: str) -> None:
     if a.dtype != np.uint8:
-        extra = ""
-        if a.dtype.kind == "f" and a.size and not np.isfinite(a).all():
-            extra = ", containing NaN/inf"
+        extra, hint = "", "convert explicitly, e.g. np.clip(x, 0, 255).astype(np.uint8)"
+        if a.dtype.kind == "f":
+            if a.size and not np.isfinite(a).all():
+                extra = ", containing NaN/inf"
+            hint = _float_hint(a)
         raise TypeError(f"{where}: expected dtype uint8 (BGR 0-255, as cv2.imread gives), got "
-                        f"{a.dtype}{extra}; convert explicitly, e.g. np.clip(x, 0, 255).astype(np.uint8)")
+                        f"{a.dtype}{extra}; {hint}")
 
 
 def _check_batch(batch: np.ndarray) -> list[np.ndarray]:
@@ -50,6 +70,9 @@ def _check_batch(batch: np.ndarray) -> list[np.ndarray]:
 
 def _check_crop(crop: Any, index: int | None, what: str = "crop") -> np.ndarray:
     where = what if index is None else f"{what} {index}"
+    if _is_pil_image(crop):
+        raise TypeError(f"{where}: expected a numpy array HxWx3 uint8, got a PIL image "
+                        f"({type(crop).__module__}.{type(crop).__name__}); {_PIL_HINT}")
     if not isinstance(crop, np.ndarray):
         raise TypeError(f"{where}: expected a numpy array HxWx3 uint8 BGR, got {type(crop).__name__}")
     _check_dtype(crop, where)
@@ -81,12 +104,19 @@ def as_crop_list(crops: Any) -> list[np.ndarray]:
         return [_check_crop(crops, None)]
     if isinstance(crops, (list, tuple)):
         return [_check_crop(c, i) for i, c in enumerate(crops)]
+    if _is_pil_image(crops):
+        return [_check_crop(crops, None)]  # raises, with the conversion to use
     raise TypeError(f"expected a HxWx3 uint8 array, an (N,H,W,3) array or a list of crops, "
                     f"got {type(crops).__name__}")
 
 
 def clip_boxes(boxes: Any, frame_hw: tuple[int, int]) -> np.ndarray:
-    """(N,4) xyxy pixel boxes -> integer boxes clipped to the frame; bad boxes name their index."""
+    """(N,4) xyxy pixel boxes -> integer boxes clipped to the frame; bad boxes name their index.
+
+    Refused, because they would embed garbage silently: normalised boxes (every coordinate <= 1
+    on a frame larger than 2x2, e.g. YOLO's), inverted or zero-area boxes, boxes outside the
+    frame, and crops under MIN_CROP_SIDE pixels a side after clipping.
+    """
     b = np.asarray(boxes)
     if b.dtype.kind not in "iuf" or b.dtype == np.bool_:
         raise TypeError(f"boxes: expected numbers (N,4) xyxy, got dtype {b.dtype}")
@@ -100,11 +130,16 @@ def clip_boxes(boxes: Any, frame_hw: tuple[int, int]) -> np.ndarray:
     bad = ~np.isfinite(b).all(axis=1)
     if bad.any():
         raise ValueError(f"boxes: box {int(np.argmax(bad))} has NaN/inf coordinates: {b[bad][0].tolist()}")
+    h, w = frame_hw
+    if h > 2 and w > 2 and (b <= 1).all():
+        where = "" if len(b) == 1 else f" in all {len(b)} boxes"
+        raise ValueError(f"boxes: box 0 {b[0].tolist()} looks normalised (all coordinates <= 1{where}) but boxes are "
+                         f"pixel xyxy: multiply x by the frame width and y by its height, e.g. "
+                         f"boxes * [{w}, {h}, {w}, {h}] for this {w}x{h} frame")
     inverted = (b[:, 2] <= b[:, 0]) | (b[:, 3] <= b[:, 1])
     if inverted.any():
         i = int(np.argmax(inverted))
         raise ValueError(f"boxes: box {i} {b[i].tolist()} is inverted or has zero area (need x2 > x1, y2 > y1)")
-    h, w = frame_hw
     x1 = np.clip(np.floor(b[:, 0]), 0, w)
     y1 = np.clip(np.floor(b[:, 1]), 0, h)
     x2 = np.clip(np.ceil(b[:, 2]), 0, w)
@@ -113,15 +148,23 @@ def clip_boxes(boxes: Any, frame_hw: tuple[int, int]) -> np.ndarray:
     if empty.any():
         i = int(np.argmax(empty))
         raise ValueError(f"boxes: box {i} {b[i].tolist()} lies outside the {w}x{h} frame (zero area after clipping)")
+    tiny = ((x2 - x1) < MIN_CROP_SIDE) | ((y2 - y1) < MIN_CROP_SIDE)
+    if tiny.any():
+        i = int(np.argmax(tiny))
+        raise ValueError(f"boxes: box {i} {b[i].tolist()} gives a {int(x2[i] - x1[i])}x{int(y2[i] - y1[i])} pixel crop "
+                         f"after clipping to the {w}x{h} frame; crops need at least {MIN_CROP_SIDE}x{MIN_CROP_SIDE} "
+                         "pixels (boxes are pixel xyxy; drop detections this small)")
     return np.stack([x1, y1, x2, y2], axis=1).astype(np.int64)
 
 
 class Extractor:
     """Embeds person crops with a bundle on one runtime: (N, dim) float32, rows L2-normalised.
 
-    ``Extractor(bundle_dir, runtime=None, device=None, threads=None, batch_size=32)``;
+    ``Extractor(bundle_dir, runtime=None, device=None, threads=None, batch_size=32, color="bgr")``;
     ``runtime`` defaults to the runtime the bundle was exported for; ``device=None`` is that
     runtime's natural device (CPU for ONNX Runtime / OpenVINO, the first GPU for TensorRT).
+    ``color`` is the channel order of the crops this application passes: "bgr" (OpenCV, the
+    default) or "rgb" (PIL, most other libraries); it is the caller's fact, not the bundle's.
 
     Thread safety: one Extractor may be shared between threads. Preprocessing runs in the
     caller's thread; the runtime call is serialised by a lock (runtimes' request objects are
@@ -129,9 +172,11 @@ class Extractor:
     """
 
     def __init__(self, bundle: str | os.PathLike | Bundle, runtime: str | None = None, device: str | None = None,
-                 threads: int | None = None, batch_size: int = 32, verify: bool = True, **runtime_options) -> None:
+                 threads: int | None = None, batch_size: int = 32, verify: bool = True, color: str = "bgr",
+                 **runtime_options) -> None:
         from . import runtimes
 
+        self.color = check_color(color)
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
         if runtime is not None and runtime not in runtimes.names():
@@ -144,10 +189,11 @@ class Extractor:
                               f"{INTERPOLATIONS}, got {self.interpolation!r}")
         self._runtime = runtimes.create(self.bundle, runtime, device=device, threads=threads, **runtime_options)
         self._runtime_name = self._runtime.name  # still known (repr, messages) after close()
+        self._threads = getattr(self._runtime, "threads", None)
         max_batch = self.bundle.max_batch
         self.batch_size = min(batch_size, max_batch) if max_batch else batch_size
         self.fused = self.bundle.fused_preprocess
-        self._normalize = None if self.fused else Normalizer(pre["mean"], pre["std"])
+        self._normalize = None if self.fused else Normalizer(pre["mean"], pre["std"], color=self.color)
         self._lock = threading.Lock()
 
     # -- facts -------------------------------------------------------------------------
@@ -171,6 +217,11 @@ class Extractor:
     def manifest(self) -> dict:
         return self.bundle.manifest
 
+    @property
+    def threads(self) -> int | None:
+        """Inference threads the runtime actually uses (None where it does not say, e.g. a GPU)."""
+        return self._threads
+
     # -- inference -----------------------------------------------------------------------
     def model_input(self, crops: Sequence[np.ndarray]) -> np.ndarray:
         """Validated crops -> the runtime's input batch (what ``infer_raw`` takes)."""
@@ -178,7 +229,9 @@ class Extractor:
         batch = np.empty((len(crops), hw[0], hw[1], 3), dtype=np.uint8)
         for i, crop in enumerate(crops):
             batch[i] = resize(crop, hw, self.interpolation)
-        return batch if self.fused else self._normalize(batch)
+        if self.fused:  # the graph takes BGR
+            return to_bgr(batch, self.color)
+        return self._normalize(batch)
 
     def infer_raw(self, batch: np.ndarray) -> np.ndarray:
         """Run the runtime on a prepared batch (no normalisation): for benchmarks and checks."""

@@ -1,7 +1,8 @@
 """Crop preprocessing shared by the Extractor, calibration and evaluation (numpy + opencv).
 
 torchreid trains with: PIL RGB image -> Resize((H, W)) bilinear -> ToTensor (/255) ->
-Normalize(ImageNet mean, std). Here crops arrive as OpenCV gives them (H x W x 3 uint8 BGR).
+Normalize(ImageNet mean, std). Here crops arrive as OpenCV gives them (H x W x 3 uint8 BGR),
+or in RGB order when the caller says ``color="rgb"``.
 Resizing and normalisation are split so that a bundle with preprocessing fused into its
 graph only needs :func:`resize_batch` (uint8 in, uint8 out) on the device.
 """
@@ -20,6 +21,7 @@ except ImportError as exc:  # pragma: no cover - opencv is a base requirement
 IMAGENET_MEAN = (0.485, 0.456, 0.406)  # RGB
 IMAGENET_STD = (0.229, 0.224, 0.225)
 INTERPOLATIONS = ("linear", "pil", "area")
+COLORS = ("bgr", "rgb")   # channel order of the crops the caller passes
 # Measured with the real torchreid x0.25 MSMT17 checkpoint (README, "Preprocessing"): cv2
 # INTER_LINEAR, INTER_AREA and an exact PIL-bilinear (antialiased) resize give the same
 # rank-1/mAP within 0.5 point on cuhk03-val and cuhk01-test; INTER_LINEAR is ~10x faster.
@@ -62,6 +64,19 @@ def _resize_pil(img: np.ndarray, out_hw: tuple[int, int]) -> np.ndarray:
 _CV2_FLAGS = {"linear": cv2.INTER_LINEAR, "area": cv2.INTER_AREA}
 
 
+def check_color(color: str) -> str:
+    """'bgr' or 'rgb' (any case), else a ValueError saying which library gives which."""
+    if isinstance(color, str) and color.lower() in COLORS:
+        return color.lower()
+    raise ValueError(f"color must be 'bgr' (OpenCV: cv2.imread, cv2.VideoCapture; the default) or 'rgb' "
+                     f"(PIL, imageio, most video decoders), got {color!r}")
+
+
+def to_bgr(batch: np.ndarray, color: str) -> np.ndarray:
+    """(N,H,W,3) uint8 in ``color`` order -> contiguous BGR (what a fused-preprocessing graph takes)."""
+    return batch if check_color(color) == "bgr" else np.ascontiguousarray(batch[..., ::-1])
+
+
 def resize(img: np.ndarray, out_hw: tuple[int, int], interpolation: str = DEFAULT_INTERPOLATION) -> np.ndarray:
     """Resize one HxWx3 uint8 crop to ``out_hw`` = (H, W)."""
     if img.shape[0] == out_hw[0] and img.shape[1] == out_hw[1]:
@@ -85,34 +100,38 @@ def resize_batch(crops: Sequence[np.ndarray], out_hw: tuple[int, int],
 
 
 class Normalizer:
-    """(N,H,W,3) uint8 BGR -> (N,3,H,W) float32 RGB, scaled and ImageNet-normalised.
+    """(N,H,W,3) uint8 BGR (or RGB with ``color="rgb"``) -> (N,3,H,W) float32 RGB, scaled and
+    ImageNet-normalised.
 
     One fused multiply-add per channel: x * 1/(255*std) - mean/std, written straight into
     the NCHW output (no intermediate float copies of the batch).
     """
 
-    def __init__(self, mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD) -> None:
+    def __init__(self, mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD,
+                 color: str = "bgr") -> None:
+        # output channel c (RGB) comes from input plane 2 - c for BGR input, plane c for RGB input
+        self._planes = (2, 1, 0) if check_color(color) == "bgr" else (0, 1, 2)
         self.mean = tuple(float(m) for m in mean)
         self.std = tuple(float(s) for s in std)
         self._scale = np.array([1.0 / (255.0 * s) for s in self.std], dtype=np.float32)
         self._bias = np.array([-m / s for m, s in zip(self.mean, self.std)], dtype=np.float32)
 
-    def __call__(self, batch_bgr: np.ndarray) -> np.ndarray:
-        n, h, w, _ = batch_bgr.shape
+    def __call__(self, batch: np.ndarray) -> np.ndarray:
+        n, h, w, _ = batch.shape
         out = np.empty((n, 3, h, w), dtype=np.float32)
         for i in range(n):
             # cv2.split gives contiguous planes: ~2x faster than strided channel views
-            planes = cv2.split(batch_bgr[i])
-            for c in range(3):  # output channel c (RGB) comes from BGR plane 2 - c
-                np.multiply(planes[2 - c], self._scale[c], out=out[i, c], dtype=np.float32)
+            planes = cv2.split(batch[i])
+            for c, plane in enumerate(self._planes):
+                np.multiply(planes[plane], self._scale[c], out=out[i, c], dtype=np.float32)
                 out[i, c] += self._bias[c]
         return out
 
 
 def preprocess(crops: Sequence[np.ndarray], out_hw: tuple[int, int],
-               interpolation: str = DEFAULT_INTERPOLATION) -> np.ndarray:
-    """Crops (BGR uint8) -> model input (N,3,H,W) float32, exactly as the Extractor does."""
-    return Normalizer()(resize_batch(crops, out_hw, interpolation))
+               interpolation: str = DEFAULT_INTERPOLATION, color: str = "bgr") -> np.ndarray:
+    """Crops (uint8, BGR or ``color="rgb"``) -> model input (N,3,H,W) float32, exactly as the Extractor does."""
+    return Normalizer(color=color)(resize_batch(crops, out_hw, interpolation))
 
 
 def read_image(path: str) -> np.ndarray | None:

@@ -8,12 +8,13 @@ can run on a device without torch. Latency is measured two ways on every configu
 * ``mode="runtime"``: only ``Extractor.infer_raw`` on a prepared batch, what the runtime
   and precision alone cost.
 
-Grids export the bundles they need (host side, torch) into a cache under a work folder so
-that reruns reuse them, append rows to JSON/CSV as they finish, and skip rows already there.
+Grids reuse a bundle scripts/export.py already wrote under bundles/ (same name, same network),
+else export the bundles they need (host side, torch) into a cache under a work folder so that
+reruns reuse them; they append rows to JSON/CSV as they finish and skip rows already there.
+Throughput is batch / p50, the statistic of the latency column next to it.
 """
 from __future__ import annotations
 
-import contextlib
 import csv
 import hashlib
 import json
@@ -27,17 +28,23 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 
+# Seed of the random initialisation of configurations without a checkpoint (latency, counts, fidelity):
+# the one export_bundle uses by default, so bundles scripts/export.py wrote without --weights are reused.
+from .bundle import RANDOM_WEIGHTS_SEED
+
 COUNT_FIELDS = ("variant", "width", "res", "input_h", "input_w", "params", "macs")
 MODES = ("extractor", "runtime")
 LATENCY_FIELDS = COUNT_FIELDS + (
-    "runtime", "precision", "batch", "threads", "device", "mode",
+    "runtime", "precision", "batch", "threads", "threads_used", "device", "mode",
     "latency_ms_p50", "latency_ms_p90", "latency_ms_mean", "latency_ms_min", "throughput_ips",
     "iterations", "weights", "peer", "runtime_version", "cpu", "cpu_flags", "cores", "gpu", "bundle")
 # Fields that identify a measurement: a rerun skips rows whose key is already present (rows
 # measured on another CPU do not count as done here).
 KEY_FIELDS = ("variant", "width", "res", "runtime", "precision", "batch", "threads", "device", "mode", "cpu")
-# Seed of the random initialisation of configurations without a checkpoint (latency, counts, fidelity).
-RANDOM_WEIGHTS_SEED = 0
+# Where scripts/export.py writes bundles by default: the grid reuses the ones holding the same network.
+DEFAULT_BUNDLE_DIR = "bundles"
+# export_bundle's default max_batch, which the grid's own exports get: a reused bundle must allow as much.
+GRID_MAX_BATCH = 64
 # Runtime name -> PyPI distributions whose version is recorded with its rows.
 RUNTIME_PACKAGES = {"onnxruntime": ("onnxruntime", "onnxruntime-gpu"), "openvino": ("openvino",),
                     "tensorrt": ("tensorrt",)}
@@ -105,15 +112,16 @@ def time_calls(fn: Callable[[int], Any], budget: TimingBudget = TimingBudget()) 
 
 
 def latency_stats(times_ms: np.ndarray, batch: int) -> dict:
-    """p50 / p90 / mean / min per call and images per second (batch / mean call time)."""
+    """p50 / p90 / mean / min per call and images per second, batch / p50: the same statistic as
+    the latency column printed beside it (a mean skewed by a few slow calls would contradict it)."""
     times_ms = np.asarray(times_ms, dtype=np.float64)
     if times_ms.size == 0:
         raise ValueError("no timings to summarise")
-    mean = float(times_ms.mean())
-    return {"latency_ms_p50": round(float(np.percentile(times_ms, 50)), 4),
+    p50 = float(np.percentile(times_ms, 50))
+    return {"latency_ms_p50": round(p50, 4),
             "latency_ms_p90": round(float(np.percentile(times_ms, 90)), 4),
-            "latency_ms_mean": round(mean, 4), "latency_ms_min": round(float(times_ms.min()), 4),
-            "throughput_ips": round(batch * 1e3 / mean, 2) if mean > 0 else float("inf"),
+            "latency_ms_mean": round(float(times_ms.mean()), 4), "latency_ms_min": round(float(times_ms.min()), 4),
+            "throughput_ips": round(batch * 1e3 / p50, 2) if p50 > 0 else float("inf"),
             "iterations": int(times_ms.size)}
 
 
@@ -182,17 +190,21 @@ def measure_bundle(bundle: Any, crops: Sequence[np.ndarray], batches: Sequence[i
                    modes: Sequence[str] = MODES, threads: int | None = None, device: str = "cpu",
                    runtime: str | None = None, budget: TimingBudget = TimingBudget(),
                    machine: Mapping | None = None) -> list[dict]:
-    """Latency rows (see ``LATENCY_FIELDS``) of one bundle, one per batch size x mode."""
+    """Latency rows (see ``LATENCY_FIELDS``) of one bundle, one per batch size x mode.
+
+    ``threads`` is the count asked for (part of a row's key); ``threads_used`` what the runtime
+    reports it runs with (ONNX Runtime's intra-op threads, OpenVINO's INFERENCE_NUM_THREADS)."""
     from .extractor import Extractor
     from .machine import row_machine_fields
+    from .runtimes.base import resolve_threads
 
-    threads = threads or default_threads()
+    threads = resolve_threads(threads or default_threads())
     with Extractor(bundle, runtime=runtime, device=device, threads=threads, batch_size=max(batches)) as ext:
         m = ext.manifest["model"]
         base = {"variant": m["variant"], "width": float(m["width"]), "res": float(m["res"]),
                 "input_h": ext.input_size[0], "input_w": ext.input_size[1], "params": m.get("params"),
-                "macs": m.get("macs"), "runtime": ext.runtime, "precision": ext.precision,
-                "threads": threads, "device": device}
+                "macs": ext.bundle.mult_adds, "runtime": ext.runtime, "precision": ext.precision,
+                "threads": threads, "threads_used": ext.threads, "device": device}
         extra = {"weights": weights_label(ext.manifest), "peer": False,
                  "runtime_version": runtime_version(ext.runtime), **row_machine_fields(machine),
                  "bundle": str(ext.bundle.path)}
@@ -319,7 +331,10 @@ class GridPoint:
 
     @property
     def name(self) -> str:
-        return f"{self.variant}_x{self.width:g}_r{self.res:g}_{self.runtime}_{self.precision}"
+        """The bundle name scripts/export.py gives this configuration (one naming scheme)."""
+        from .bundle import default_bundle_name
+
+        return default_bundle_name(self.variant, self.width, self.res, self.runtime, self.precision)
 
     @property
     def label(self) -> str:
@@ -346,13 +361,12 @@ def file_tag(path: str | os.PathLike, length: int = 10) -> str:
 
 def checkpoint_width(path: str | os.PathLike) -> float:
     """Width multiplier of a torchreid OSNet checkpoint, read from its stem (64 x width channels)."""
-    from .models.weights import read_checkpoint
+    from .models.weights import STEM_KEY, read_checkpoint, state_width
 
-    state = read_checkpoint(path)
-    key = "conv1.conv.weight"
-    if key not in state:
-        raise ValueError(f"{path}: no {key!r}; not a torchreid OSNet checkpoint")
-    return state[key].shape[0] / 64.0
+    width = state_width(read_checkpoint(path))
+    if width is None:
+        raise ValueError(f"{path}: no {STEM_KEY!r}; not a torchreid OSNet checkpoint")
+    return width
 
 
 class WeightsMap:
@@ -427,18 +441,78 @@ def bundle_dir_for(work_dir: str | os.PathLike, point: GridPoint, weights: str |
     return Path(work_dir) / "bundles" / f"{point.name}_{wtag}{ctag}"
 
 
+def holds_network(bundle: Any, point: GridPoint, weights: str | None,
+                  calibration: CalibrationProvider | None = None, fuse_preprocess: bool = False) -> bool:
+    """True when ``bundle`` holds exactly what :func:`ensure_bundle` would export for ``point``:
+    same model, runtime, precision and preprocessing, the same checkpoint (sha256) or the same
+    seeded random weights, and for INT8 the same calibration folder and size."""
+    from .bundle import sha256_file
+    from .preprocess import DEFAULT_INTERPOLATION
+
+    m = bundle.manifest
+    model, pre = m["model"], m["preprocess"]
+    same_model = (model.get("variant") == point.variant and _close(model.get("width"), point.width)
+                  and _close(model.get("res"), point.res) and m["runtime"] == point.runtime
+                  and m["precision"] == point.precision and bool(pre.get("fused")) == bool(fuse_preprocess)
+                  and pre.get("interpolation") == DEFAULT_INTERPOLATION and (bundle.max_batch or 0) >= GRID_MAX_BATCH)
+    if not same_model:
+        return False
+    if weights is None:
+        same_weights = bundle.random_weights and m.get("random_seed") == RANDOM_WEIGHTS_SEED
+    else:
+        same_weights = (m.get("weights") or {}).get("sha256") == sha256_file(weights)
+    if not same_weights:
+        return False
+    if point.precision != "int8":
+        return True
+    calib = m.get("calibration") or {}
+    folder = calibration.folder if calibration is not None else None
+    return (folder is not None and calib.get("source") is not None
+            and Path(calib["source"]).resolve() == folder.resolve()
+            and calib.get("max_images") == calibration.max_images)
+
+
+def _close(a: Any, b: float) -> bool:
+    return a is not None and abs(float(a) - float(b)) < 1e-6
+
+
+def _load_quietly(path: Path) -> Any:
+    """load_bundle without the random-weights warning: the grid times random configurations on purpose."""
+    from .bundle import load_bundle
+    from .notices import RandomWeightsWarning
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RandomWeightsWarning)
+        return load_bundle(path)
+
+
 def ensure_bundle(work_dir: str | os.PathLike, point: GridPoint, weights: str | None = None,
                   calibration: CalibrationProvider | None = None, on_step: Callable[[str], None] | None = None,
-                  fuse_preprocess: bool = False) -> Any:
-    """The grid point's bundle from the cache, exported (host side, torch) when missing or broken."""
-    from .bundle import BundleError, load_bundle
+                  fuse_preprocess: bool = False, reuse_dirs: Sequence[str | os.PathLike] = (DEFAULT_BUNDLE_DIR,)) -> Any:
+    """The grid point's bundle: one scripts/export.py already wrote in ``reuse_dirs`` under the
+    same name when it holds the same network, else the cached one under ``work_dir``, exported
+    (host side, torch) when missing or broken. Bundles in ``reuse_dirs`` are only read."""
+    from .bundle import BundleError
 
+    say = on_step or (lambda m: None)
+    for folder in reuse_dirs:
+        existing = Path(folder) / point.name
+        if not (existing / "manifest.json").is_file():
+            continue
+        try:
+            bundle = _load_quietly(existing)
+        except BundleError as exc:
+            say(f"not reusing {existing}: {exc}")
+            continue
+        if holds_network(bundle, point, weights, calibration, fuse_preprocess):
+            say(f"reusing {existing}")
+            return bundle
     out = bundle_dir_for(work_dir, point, weights, calibration)
     if (out / "manifest.json").is_file():
         try:
-            return load_bundle(out)
+            return _load_quietly(out)
         except BundleError as exc:
-            (on_step or (lambda m: None))(f"re-exporting {out.name}: {exc}")
+            say(f"re-exporting {out.name}: {exc}")
     try:
         from .export import export_bundle
     except ImportError as exc:
@@ -448,22 +522,19 @@ def ensure_bundle(work_dir: str | os.PathLike, point: GridPoint, weights: str | 
     if point.precision == "int8":
         from .models import input_size
         calib = (calibration or CalibrationProvider(None))(input_size(point.res))
-    seeded = contextlib.nullcontext()
-    if weights is None:
-        # every runtime/precision of one random-weights model must hold the SAME weights, or
-        # fidelity and compatibility would compare two different networks
-        import torch
-        seeded = torch.random.fork_rng(devices=[])
-    with warnings.catch_warnings(), seeded:
-        warnings.filterwarnings("ignore", message=".*RANDOMLY INITIALISED.*")
-        if weights is None:
-            torch.manual_seed(RANDOM_WEIGHTS_SEED)
+    from .notices import RandomWeightsWarning
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RandomWeightsWarning)
         try:
             # the grid times every bundle itself: skip quantize()'s own quick INT8-vs-FP32 check
             extra = {"measure_latency": False, "progress": False} if point.precision == "int8" else {}
+            # random weights come from RANDOM_WEIGHTS_SEED: every runtime/precision of one configuration
+            # holds the SAME network, or fidelity and compatibility would compare two different ones
             return export_bundle(out, width=point.width, res=point.res, variant=point.variant,
                                  target=point.runtime, precision=point.precision, weights=weights,
-                                 calibration=calib, fuse_preprocess=fuse_preprocess, on_step=on_step, **extra)
+                                 calibration=calib, fuse_preprocess=fuse_preprocess, on_step=on_step,
+                                 random_seed=RANDOM_WEIGHTS_SEED, **extra)
         except ImportError as exc:
             if point.precision == "int8":
                 raise Int8Unavailable(f"INT8 quantization is not available here ({exc})") from None
@@ -504,26 +575,28 @@ def profile_grid(points: Sequence[GridPoint], crops: Sequence[np.ndarray], work_
                  device: str = "cpu", weights: WeightsMap | None = None,
                  calibration: CalibrationProvider | None = None, budget: TimingBudget = TimingBudget(),
                  store: RowStore | None = None, progress: bool = True, keep_bundles: bool = False,
-                 log: Callable[[str], None] | None = None) -> GridResult:
+                 log: Callable[[str], None] | None = None,
+                 reuse_dirs: Sequence[str | os.PathLike] = (DEFAULT_BUNDLE_DIR,)) -> GridResult:
     """Export (cached) and time every grid point; rows already in ``store`` are skipped.
+    Bundles scripts/export.py wrote in ``reuse_dirs`` are timed instead when they hold the same network.
 
     Points that cannot run here (runtime missing, INT8 without calibration or without the
     quantization code, export failure) are reported in ``skipped`` with the reason, and the
     rest of the grid goes on.
     """
-    from tqdm.auto import tqdm
-
     from . import runtimes
     from .machine import describe_machine
+    from .progress import progress_bar
+    from .runtimes.base import resolve_threads
 
     store = store or RowStore()
     weights = weights or WeightsMap()
-    threads = threads or default_threads()
+    threads = resolve_threads(threads or default_threads())  # as measure_bundle records it (row keys match)
     machine = describe_machine()
     available = runtimes.available()
     result = GridResult(rows=[])
-    bar = tqdm(points, desc="profile", unit="config", disable=not progress, file=sys.stderr, dynamic_ncols=True)
-    say = log or (lambda msg: bar.write(msg) if progress else print(msg, file=sys.stderr))
+    bar = progress_bar(points, desc="profile", unit="config", dynamic_ncols=True, enabled=progress)
+    say = log or (lambda msg: print(msg, file=sys.stderr) if bar.disable else bar.write(msg))
     int8_failure: str | None = None
     for point in bar:
         bar.set_postfix_str(point.label)
@@ -542,7 +615,7 @@ def profile_grid(points: Sequence[GridPoint], crops: Sequence[np.ndarray], work_
             continue
         try:
             bundle = ensure_bundle(work_dir, point, weights(point.width, point.res), calibration,
-                                   on_step=lambda msg, p=point: say(f"[{p.label}] {msg}"))
+                                   on_step=lambda msg, p=point: say(f"[{p.label}] {msg}"), reuse_dirs=reuse_dirs)
         except Int8Unavailable as exc:
             int8_failure = f"INT8 unavailable: {exc}"
             say(f"[{point.label}] skipped: {int8_failure}")
@@ -594,14 +667,16 @@ def load_crop_folder(folder: str | os.PathLike, max_images: int = 64) -> list[np
 
 def format_latency_table(rows: Sequence[Mapping]) -> str:
     """Fixed-width text table of latency rows (for the terminal)."""
-    cols = ["config", "input", "mult-adds", "runtime", "prec", "batch", "mode", "p50 ms", "p90 ms", "img/s"]
+    cols = ["config", "input", "mult-adds", "runtime", "prec", "threads", "batch", "mode", "p50 ms", "p90 ms",
+            "img/s@p50"]
     lines = []
     for r in rows:
         cfg = r["variant"] if r.get("peer") else f"x{r['width']:g}@{r['res']:g}"
         macs = f"{r['macs'] / 1e6:.1f}M" if r.get("macs") else "-"
-        lines.append([cfg, f"{r['input_h']}x{r['input_w']}", macs, r["runtime"], r["precision"], str(r["batch"]),
-                      r["mode"], f"{r['latency_ms_p50']:.2f}", f"{r['latency_ms_p90']:.2f}",
-                      f"{r['throughput_ips']:.1f}"])
+        threads = r.get("threads_used") or r.get("threads")
+        lines.append([cfg, f"{r['input_h']}x{r['input_w']}", macs, r["runtime"], r["precision"],
+                      str(threads) if threads else "-", str(r["batch"]), r["mode"], f"{r['latency_ms_p50']:.2f}",
+                      f"{r['latency_ms_p90']:.2f}", f"{r['throughput_ips']:.1f}"])
     widths = [max(len(c), *(len(l[i]) for l in lines)) if lines else len(c) for i, c in enumerate(cols)]
     out = ["  ".join(c.rjust(w) for c, w in zip(cols, widths))]
     out += ["  ".join(v.rjust(w) for v, w in zip(l, widths)) for l in lines]
@@ -738,7 +813,8 @@ def add_grid_arguments(p: Any, budget_s: float = 0.75, widths: Sequence[float] =
     p.add_argument("--max-iters", type=int, default=500, help="most timed calls per row (default 500)")
     p.add_argument("--min-iters", type=int, default=5, help="fewest timed calls per row (default 5)")
     p.add_argument("--work", default=os.path.join("runs", "profile"), metavar="DIR",
-                   help="cache of exported bundles, reused by reruns (default runs/profile)")
+                   help="cache of exported bundles, reused by reruns (default runs/profile); a bundle "
+                        "scripts/export.py wrote under bundles/ with the same name and network is used instead")
     p.add_argument("--weights", nargs="+", metavar="[WIDTH=]CKPT",
                    help="torchreid checkpoints; the width is read from the checkpoint unless given. Default: "
                         "../shared/data x0.25 MSMT17 for width 0.25 when present; other widths get random "
@@ -752,7 +828,7 @@ def add_grid_arguments(p: Any, budget_s: float = 0.75, widths: Sequence[float] =
                         "present). Never your evaluation images")
     p.add_argument("--calib-size", type=int, default=300, metavar="N", help="calibration images (default 300)")
     p.add_argument("--crops", metavar="DIR", help="images to time with (default: synthetic person-like crops)")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar (it is only drawn on a terminal)")
 
 
 def budget_from_args(args: Any) -> TimingBudget:

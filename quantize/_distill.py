@@ -22,6 +22,8 @@ from typing import Any
 
 import numpy as np
 
+from osnet_edge.progress import progress_bar
+
 from .ranges import RANGE_METHODS, RangeObserver
 
 DEFAULT_STEPS = 150  # measured: 400 steps gave no better held-out fidelity than 150
@@ -212,7 +214,8 @@ def distill(teacher, calib: np.ndarray, scheme: str, steps: int | None = None, b
     if steps:
         opt = torch.optim.Adam(student.parameters(), lr=lr)
         sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps)
-        bar = _bar(steps, progress)
+        bar = progress_bar(total=steps, desc="quantization-aware distillation", unit="step", leave=False,
+                           enabled=progress)
         for step in range(steps):
             if step and step % recalibrate_every == 0:
                 calibrate()
@@ -300,19 +303,3 @@ def training_threads() -> int:
     idle = cores - load
     return max(1, min(4, int(idle)))
 
-
-def _bar(total: int, enabled: bool):
-    try:
-        from tqdm import tqdm
-    except ImportError:
-        enabled = False
-    if enabled:
-        return tqdm(total=total, desc="quantization-aware distillation", unit="step", leave=False)
-
-    class _Null:
-        def update(self, n: int) -> None: ...
-
-        def set_postfix(self, **kw: Any) -> None: ...
-
-        def close(self) -> None: ...
-    return _Null()

@@ -59,6 +59,17 @@ def open_session(model_path: str, device: str = "cpu", threads: int | None = Non
                              "(corrupt or truncated model file? re-export the bundle)") from None
 
 
+def intra_op_threads(session) -> int:
+    """Intra-op threads the session runs with, read back from it; 0 there means ONNX Runtime's
+    default, one thread per physical core."""
+    threads = session.get_session_options().intra_op_num_threads
+    if threads > 0:
+        return int(threads)
+    from osnet_edge.machine import physical_cores
+
+    return physical_cores()
+
+
 class OnnxRuntime:
     """Runs a bundle's model.onnx (fp32, fp16 or QDQ INT8) with ONNX Runtime."""
 
@@ -78,6 +89,7 @@ class OnnxRuntime:
         self.session = open_session(str(bundle.file("model.onnx")), device, threads)
         self._input = self.session.get_inputs()[0].name
         self._output = self.session.get_outputs()[0].name
+        self.threads = intra_op_threads(self.session)
 
     def infer(self, batch: np.ndarray) -> np.ndarray:
         return self.session.run([self._output], {self._input: batch})[0]

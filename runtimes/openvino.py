@@ -94,6 +94,8 @@ class OpenVinoRuntime:
                                  f"{_reason(exc)} (available devices: {core.available_devices})") from None
         self.config = {k: str(self.compiled.get_property(k)) for k in ("INFERENCE_PRECISION_HINT",)
                        if self.device.startswith("CPU")}
+        # what the plugin settled on (the hint or its default), not what was asked; CPU only
+        self.threads = int(self.compiled.get_property("INFERENCE_NUM_THREADS")) if self.device.startswith("CPU") else None
         self.request = self.compiled.create_infer_request()
 
     def infer(self, batch: np.ndarray) -> np.ndarray:

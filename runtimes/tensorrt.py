@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING, Any, Iterator
 
 import numpy as np
 
-from osnet_edge.bundle import BundleError, load_bundle, sha256_file
+from osnet_edge.bundle import FILE_MODE, BundleError, current_umask, load_bundle, sha256_file
 
 from .base import RuntimeFailure, RuntimeUnavailable, resolve_threads
 
@@ -229,6 +229,8 @@ def ensure_writable(cache_dir: str | os.PathLike) -> Path:
 def _atomic_write(path: Path, data: bytes | memoryview) -> None:
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        # mkstemp makes 0600: an engine built by root at provisioning must be readable by the camera service
+        os.fchmod(fd, FILE_MODE & ~current_umask())
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
             fh.flush()

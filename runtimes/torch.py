@@ -38,6 +38,7 @@ class TorchRuntime:
         threads = resolve_threads(threads)
         if threads is not None:
             torch.set_num_threads(threads)
+        self.threads = torch.get_num_threads() if device == "cpu" else None
         if model is None:
             if bundle is None:
                 raise ValueError("TorchRuntime needs a bundle or a model")

@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import warnings
 from typing import Callable, Sequence
 
 # scripts/ run from a checkout without installing: make the package importable.
@@ -40,8 +41,27 @@ def _one_line(exc: BaseException) -> str:
     return "; ".join(lines) or type(exc).__name__
 
 
+def _show_own_warnings_as_lines() -> None:
+    """osnet_edge's warnings (random weights, unadapted resolution, odd input size) print as one
+    'warning: ...' line, like the errors; other libraries' warnings keep Python's format."""
+    from osnet_edge.notices import OsnetEdgeWarning
+
+    python_format = warnings.formatwarning
+    if getattr(python_format, "osnet_edge", False):
+        return
+
+    def one_line(message, category, filename, lineno, line=None):
+        if issubclass(category, OsnetEdgeWarning):
+            return f"warning: {message}\n"
+        return python_format(message, category, filename, lineno, line)
+
+    one_line.osnet_edge = True  # type: ignore[attr-defined]
+    warnings.formatwarning = one_line
+
+
 def run(main: Callable[[Sequence[str] | None], int | None], argv: Sequence[str] | None = None) -> None:
     """Run ``main``; turn expected exceptions into 'error: ...' on stderr and exit code 1."""
+    _show_own_warnings_as_lines()
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in argv
     try:

@@ -27,9 +27,12 @@ def build_parser() -> Parser:
     p = Parser(description="Export OSNet (torchreid weights) to a bundle: model files for one runtime + "
                "manifest.json with sha256 checksums, written atomically. Afterwards the bundle is loaded "
                "in the torch-free Extractor, compared with the torch model and timed.", epilog=EXAMPLES)
-    p.add_argument("--width", type=float, default=1.0, help="width multiplier: 1.0, 0.75, 0.5, 0.25 (default 1.0)")
+    p.add_argument("--width", type=float, default=1.0,
+                   help="width multiplier: torchreid's 1.0, 0.75, 0.5, 0.25 (trained checkpoints exist); other widths "
+                        "with whole channels build untrained (default 1.0)")
     p.add_argument("--res", type=float, default=1.0,
-                   help="resolution multiplier on 256x128: 1.0, 0.75 (192x96), 0.5 (128x64), 0.25 (default 1.0)")
+                   help="resolution multiplier on 256x128, 0.25 to 1: 1.0, 0.75 (192x96), 0.5 (128x64), 0.25 (64x32); "
+                        "multiples of 0.125 give sizes divisible by 16 (default 1.0)")
     p.add_argument("--variant", choices=["osnet", "ibn", "ain"], default="osnet",
                    help="osnet (plain), ibn (OSNet-IBN) or ain (OSNet-AIN) (default osnet)")
     p.add_argument("--target", choices=["onnxruntime", "openvino", "tensorrt"], default="onnxruntime",
@@ -37,8 +40,10 @@ def build_parser() -> Parser:
     p.add_argument("--precision", choices=["fp32", "fp16", "bf16", "int8"], default="fp32",
                    help="fp32; fp16 (host-converted ONNX / fp16 IR); bf16 (OpenVINO on CPUs with bf16); "
                         "int8 (needs --calib) (default fp32)")
-    p.add_argument("--weights", metavar="PATH", help="torchreid checkpoint (.pth / .pth.tar). Without it a "
-                   "RANDOMLY initialised model is exported: only good for testing the pipeline")
+    p.add_argument("--weights", metavar="PATH", help="torchreid checkpoint (.pth / .pth.tar), e.g. from the torchreid "
+                   "model zoo: osnet_x0_25_market1501.pth, osnet_x0_25_msmt17.pth. Without it a RANDOMLY initialised "
+                   "model is exported: only good for testing the pipeline. At --res < 1 use weights adapted to that "
+                   "resolution (scripts/adapt.py)")
     p.add_argument("--allow-unsafe-pickle", action="store_true",
                    help="load a legacy checkpoint with full unpickling (can execute code: trusted files only)")
     p.add_argument("--calib", metavar="DIR", help="folder of person crops (jpg/png, searched recursively; "
@@ -50,7 +55,8 @@ def build_parser() -> Parser:
                         "or for openvino an NNCF preset: mixed | performance")
     p.add_argument("--min-cosine", type=float, default=None, metavar="X",
                    help="INT8: keep the most sensitive layers in fp32 until mean cosine vs fp32 >= X")
-    p.add_argument("--out", metavar="DIR", help="bundle directory (default bundles/<variant>_x<w>_r<res>_<target>_<precision>)")
+    p.add_argument("--out", metavar="DIR", help="bundle directory (default bundles/<variant>_x<w>_r<res>_<target>_<precision>, "
+                   "e.g. bundles/osnet_x0_25_r0_5_onnxruntime_fp32; scripts/profile.py reuses it)")
     p.add_argument("--fuse-preprocess", action="store_true",
                    help="the graph takes uint8 BGR NHWC and does BGR->RGB, /255, mean/std itself")
     p.add_argument("--max-batch", type=int, default=64, help="largest batch the runtime is set up for (default 64)")
@@ -64,13 +70,36 @@ def build_parser() -> Parser:
 
 
 def default_out(a) -> str:
-    w = str(a.width).replace(".", "_")
-    r = str(a.res).replace(".", "_")
-    return os.path.join("bundles", f"{a.variant}_x{w}_r{r}_{a.target}_{a.precision}")
+    from osnet_edge.bundle import default_bundle_name
+
+    return os.path.join("bundles", default_bundle_name(a.variant, a.width, a.res, a.target, a.precision))
+
+
+def check_model_size(args) -> None:
+    """--width / --res before anything else (no torch import, no other warning first): a bad
+    value names the valid ones; a resolution giving an odd input size warns."""
+    from osnet_edge.sizes import check_resolution, check_width
+
+    try:
+        check_width(args.width)
+        check_resolution(args.res)
+    except ValueError as exc:
+        raise CliError(str(exc)) from None
 
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
+    check_model_size(args)
+    if args.weights:
+        return export(args)
+    from osnet_edge.notices import RandomWeightsWarning
+
+    with warnings.catch_warnings():  # said once, below, as a WARNING line: not again by export and load
+        warnings.simplefilter("ignore", RandomWeightsWarning)
+        return export(args)
+
+
+def export(args) -> int:
     from osnet_edge.bundle import COMPATIBLE_RUNTIMES
     try:
         from osnet_edge.export import export_bundle
@@ -109,27 +138,26 @@ def main(argv=None) -> int:
         except ValueError as exc:
             raise CliError(f"--calib includes evaluation images: {exc}") from None
     if not args.weights:
-        print("WARNING: no --weights: exporting a RANDOMLY INITIALISED model. Its embeddings are meaningless "
-              "for re-identification; pass a torchreid checkpoint for real use.", file=sys.stderr)
+        from osnet_edge.notices import random_weights_advice
+        print(f"WARNING: no --weights: exporting a RANDOMLY INITIALISED model: {random_weights_advice()}",
+              file=sys.stderr)
     t0 = time.perf_counter()
     quant = {}
     if args.min_cosine is not None:
         quant["min_cosine"] = args.min_cosine
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*RANDOMLY INITIALISED.*")
-        bundle = export_bundle(out, width=args.width, res=args.res, variant=args.variant, target=args.target,
-                               precision=args.precision, weights=args.weights, fuse_preprocess=args.fuse_preprocess,
-                               max_batch=args.max_batch, calibration=calibration, calib_method=args.calib_method,
-                               interpolation=args.interpolation, opset=args.opset,
-                               allow_unsafe_pickle=args.allow_unsafe_pickle, overwrite=True,
-                               on_step=lambda m: print(f"  {m}", flush=True), **quant)
+    bundle = export_bundle(out, width=args.width, res=args.res, variant=args.variant, target=args.target,
+                           precision=args.precision, weights=args.weights, fuse_preprocess=args.fuse_preprocess,
+                           max_batch=args.max_batch, calibration=calibration, calib_method=args.calib_method,
+                           interpolation=args.interpolation, opset=args.opset,
+                           allow_unsafe_pickle=args.allow_unsafe_pickle, overwrite=True,
+                           on_step=lambda m: print(f"  {m}", flush=True), **quant)
     elapsed = time.perf_counter() - t0
     size = sum(f.stat().st_size for f in bundle.path.iterdir() if f.is_file())
     m = bundle.manifest["model"]
     print(f"bundle: {bundle.path}  ({size / 1e6:.2f} MB, {', '.join(sorted(bundle.manifest['files']))}) "
           f"in {elapsed:.1f} s")
     print(f"model: {m['variant']} x{m['width']} @ {hw[0]}x{hw[1]}  params {m['params'] / 1e6:.3f}M  "
-          f"mult-adds {m['macs'] / 1e6:.1f}M  -> {args.target}/{args.precision}")
+          f"mult-adds {bundle.mult_adds / 1e6:.1f}M  -> {args.target}/{args.precision}")
     q = bundle.manifest.get("quantization") or {}
     if q.get("fidelity"):
         f = q["fidelity"]
@@ -169,7 +197,8 @@ def verify(bundle, args, runtimes_for_target) -> None:
             print("check vs torch skipped: no reference weights (random model)")
         one = crops[:1]
         t = time_call(lambda: ext(one), min_time=1.0)
-        print(f"latency ({rt}, batch 1, end to end incl. preprocessing, threads={args.threads or 'default'}): "
+        threads = ext.threads if ext.threads is not None else "the runtime's choice"
+        print(f"latency ({rt}, batch 1, end to end incl. preprocessing, threads={threads}): "
               f"p50 {np.median(t):.2f} ms  p90 {np.percentile(t, 90):.2f} ms  (synthetic crops; "
               "scripts/profile.py for a full grid)")
 

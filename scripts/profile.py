@@ -55,8 +55,22 @@ def print_table(rows: list[dict]) -> None:
         print("  ".join(v.rjust(w) for v, w in zip(l, widths)))
 
 
+def check_model_sizes(args) -> None:
+    """Every --width / --res before torch is imported: a bad value names the valid ones."""
+    from osnet_edge.sizes import check_resolution, check_width
+
+    try:
+        for width in args.width:
+            check_width(width)
+        for res in args.res:
+            check_resolution(res)
+    except ValueError as exc:
+        raise CliError(str(exc)) from None
+
+
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
+    check_model_sizes(args)
     if args.no_latency:
         try:
             from osnet_edge.profiler import count_grid

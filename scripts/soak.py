@@ -51,14 +51,6 @@ def rss_mb() -> float:
     return psutil.Process().memory_info().rss / 2**20
 
 
-def _progress(total: int, desc: str, enabled: bool):
-    try:
-        from tqdm import tqdm
-    except ImportError:
-        return None
-    return tqdm(total=total, desc=desc, unit="call", disable=not enabled, mininterval=1.0)
-
-
 def input_pool(n: int, seed: int = 0, max_crops: int = 4) -> list:
     """Varied Extractor inputs: lists of 1..max_crops crops of different sizes, single crops,
     (N,H,W,3) batches and (frame, boxes) pairs, so every input path is exercised."""
@@ -143,7 +135,10 @@ def soak(ext, calls: int = 10_000, warmup: int = 300, samples: int = 20, seed: i
     start = rss_mb()
     trace = [(0, start)]
     every = max(1, calls // samples)
-    bar = _progress(calls, f"soak ({ext.runtime})", progress)
+    from osnet_edge.progress import progress_bar
+
+    bar = progress_bar(total=calls, desc=f"soak ({ext.runtime})", unit="call", mininterval=1.0, enabled=progress)
+    shown = 0
     crops = 0
     t0 = time.perf_counter()
     for c in range(1, calls + 1):
@@ -153,12 +148,11 @@ def soak(ext, calls: int = 10_000, warmup: int = 300, samples: int = 20, seed: i
             raise RuntimeError(f"call {c}: non-finite embedding")
         if c % every == 0 or c == calls:
             trace.append((c, rss_mb()))
-            if bar is not None:
-                bar.update(c - bar.n)
-                bar.set_postfix(rss_mb=f"{trace[-1][1]:.1f}")
+            bar.update(c - shown)
+            shown = c
+            bar.set_postfix(rss_mb=f"{trace[-1][1]:.1f}")
     seconds = time.perf_counter() - t0
-    if bar is not None:
-        bar.close()
+    bar.close()
     gc.collect()
     end = rss_mb()
     half = [r for c, r in trace if c >= calls // 2]

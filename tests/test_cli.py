@@ -139,6 +139,11 @@ CASES = [
     ("export.py", ["--width", "0.25", "--out", "{tmp}/b"], ("onnx",), 1,
      r"export needs torch and onnx \(onnx missing\).*pip install .*osnet_edge\[export\]"),
     ("profile.py", ["--width", "0.25", "--res", "0.25", "--no-latency"], ("torch",), 1, r"torch"),
+    # --width / --res are checked before torch is needed, and name the valid values
+    ("export.py", ["--width", "0.3"], ("torch",), 1,
+     r"--width 0.3 is not a valid OSNet width.*torchreid publishes widths 1.0, 0.75, 0.5, 0.25"),
+    ("export.py", ["--width", "0.25", "--res", "1.5"], ("torch",), 1, r"--res 1.5 is out of range.*0.5 \(128x64\)"),
+    ("profile.py", ["--width", "0.3", "--no-latency"], ("torch",), 1, r"--width 0.3 is not a valid OSNet width"),
     ("soak.py", ["--calls", "0", "--bundle", "{ort}"], (), 1, r"--calls must be >= 1, got 0"),
     ("soak.py", ["--bundle", "{tmp}/nope"], (), 1, r"--bundle .*nope: no such directory"),
     ("soak.py", ["--bundle", "{ort}", "--runtime", "openvino"], (), 1, r"exported for onnxruntime .*runtime 'openvino'"),

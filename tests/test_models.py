@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import pickle
+import re
 
 import pytest
 import torch
@@ -136,6 +137,19 @@ def test_wrong_width_lists_mismatched_keys(tmp_path):
     torch.save(build_osnet(0.5).state_dict(), tmp_path / "x05.pth")
     with pytest.raises(CheckpointError, match=r"mis-shaped keys: conv1.conv.weight: checkpoint \(32, 3, 7, 7\)"):
         load_torchreid_weights(build_osnet(0.25), tmp_path / "x05.pth")
+
+
+def test_wrong_width_says_the_checkpoint_width_first_and_truncates_the_keys(tmp_path):
+    torch.save(build_osnet(0.25).state_dict(), tmp_path / "x025.pth")
+    with pytest.raises(CheckpointError) as err:
+        load_torchreid_weights(build_osnet(1.0), tmp_path / "x025.pth")
+    lines = str(err.value).splitlines()
+    assert re.search(r"is a width 0.25 checkpoint \(conv1.conv.weight has 16 output channels = 64 x 0.25\) but the "
+                     r"model has width 1: use --width 0.25", lines[0]), lines[0]
+    keys = next(line for line in lines if "mis-shaped keys" in line)
+    count = int(re.search(r"(\d+) mis-shaped keys", keys).group(1))
+    assert count > 5 and keys.count(" vs model ") == 5 and keys.endswith(f"... {count - 5} more")
+    assert len(str(err.value)) < 1000   # was ~1,500 characters of keys
 
 
 def test_wrong_variant_lists_missing_and_unexpected(tmp_path):

@@ -28,6 +28,8 @@ from osnet_edge.runtimes import RuntimeFailure  # noqa: E402
 from osnet_edge.samples import synthetic_crops  # noqa: E402
 
 DIM = 512
+# the shared bundle has random weights on purpose (tests/test_ship.py pins that warning)
+pytestmark = pytest.mark.filterwarnings("ignore::osnet_edge.RandomWeightsWarning")
 
 
 # --------------------------------------------------------------------------- fixtures
@@ -103,7 +105,9 @@ BAD_INPUTS = {
     "4-channel BGRA": (np.dstack([_IMG, _IMG[..., :1]]), ValueError, r"expected 3 channels \(BGR\), got 4.*BGRA2BGR"),
     "BGRA batch": (np.zeros((2, 8, 8, 4), np.uint8), ValueError, r"expected 3 channels \(BGR\), got 4.*BGRA2BGR"),
     "float32": (_IMG.astype(np.float32), TypeError, r"expected dtype uint8 .*got float32;"),
-    "float64": (_IMG.astype(np.float64), TypeError, r"expected dtype uint8 .*got float64;"),
+    "float64": (_IMG.astype(np.float64), TypeError, r"expected dtype uint8 .*got float64; .*np.clip\(x, 0, 255\)"),
+    "float in [0, 1]": (_IMG.astype(np.float32) / 255, TypeError,
+                        r"got float32; values are in \[0, 1\]: .*\(np.clip\(x, 0, 1\) \* 255\).round\(\).astype\(np.uint8\)"),
     "uint16": (_IMG.astype(np.uint16), TypeError, r"expected dtype uint8 .*got uint16"),
     "bool": (_IMG > 127, TypeError, r"expected dtype uint8 .*got bool"),
     "int8": (_IMG.astype(np.int8), TypeError, r"expected dtype uint8 .*got int8"),
@@ -182,6 +186,9 @@ def test_boxes_outside_the_frame_are_clipped(ext, frame):
 @pytest.mark.parametrize("boxes,exc_type,message", [
     ([[10, 10, 100, 200], [100, 10, 10, 200]], ValueError, r"box 1 \[100.0, 10.0, 10.0, 200.0\] is inverted or has zero area"),
     ([[10, 10, 100, 200], [0, 0, 5, 5], [10, 50, 20, 50]], ValueError, r"box 2 .* zero area"),
+    ([[0.1, 0.05, 0.15, 0.4]], ValueError, r"box 0 .*looks normalised.*boxes are pixel xyxy.*\[640, 480, 640, 480\]"),
+    ([[10, 10, 100, 200], [50, 50, 52, 90]], ValueError, r"box 1 .*gives a 2x40 pixel crop"),
+    ([[10, 10, 100, 200], [638, 10, 900, 90]], ValueError, r"box 1 .*gives a 2x80 pixel crop after clipping"),
     ([[5, 5, 50, 50], [700, 10, 800, 100]], ValueError, r"box 1 .*outside the 640x480 frame"),
     ([[np.nan, 1, 2, 3]], ValueError, r"box 0 has NaN/inf"),
     ([[0, 0, np.inf, 10]], ValueError, r"box 0 has NaN/inf"),
@@ -280,12 +287,15 @@ def test_property_boxes_clip_or_name_the_bad_box(ext, frame, boxes):
     try:
         out = ext.from_frame(frame, b)
     except ValueError as exc:
+        normalised = bool((b <= 1).all())
         inverted = (b[:, 2] <= b[:, 0]) | (b[:, 3] <= b[:, 1])
         x1, y1 = np.clip(np.floor(b[:, 0]), 0, w), np.clip(np.floor(b[:, 1]), 0, h)
         x2, y2 = np.clip(np.ceil(b[:, 2]), 0, w), np.clip(np.ceil(b[:, 3]), 0, h)
         outside = (x2 <= x1) | (y2 <= y1)
-        assert inverted.any() or outside.any(), f"valid boxes {boxes} rejected: {exc}"
-        first_bad = int(np.argmax(inverted)) if inverted.any() else int(np.argmax(outside))
+        tiny = ((x2 - x1) < 4) | ((y2 - y1) < 4)   # under MIN_CROP_SIDE after clipping
+        assert normalised or inverted.any() or outside.any() or tiny.any(), f"valid boxes {boxes} rejected: {exc}"
+        first_bad = next(int(np.argmax(bad)) for bad in (np.full(len(b), normalised), inverted, outside, tiny)
+                         if bad.any())
         assert f"box {first_bad} " in str(exc)
         return
     _norms_ok(out, len(b))
@@ -354,7 +364,7 @@ MANIFEST_DAMAGE = {
     "binary garbage": (lambda p: (p / "manifest.json").write_bytes(b"\xff\xfe\x00\x13"), r"is not valid JSON"),
     "not an object": (lambda p: (p / "manifest.json").write_text("[1, 2]"), r"is not an osnet_edge manifest"),
     "unknown format_version": (lambda p: _edit_manifest(p, lambda m: m.update(format_version=99)),
-                               r"has format_version 99; this osnet_edge reads version 1"),
+                               r"has format_version 99; this osnet_edge reads versions 1, 2"),
     "no format_version": (lambda p: _edit_manifest(p, lambda m: m.pop("format_version")), r"has format_version None"),
     "checksum mismatch": (lambda p: _edit_manifest(p, lambda m: m["files"]["model.onnx"].update(sha256="0" * 64)),
                           r"checksum mismatch for model.onnx"),

@@ -152,15 +152,16 @@ def test_openvino_fp16_fidelity_and_fp32_pins_f32(bundles, tmp_path, crops):
 def test_manifest_contract(bundles):
     b = bundles[("openvino", 0.5)]
     m = json.loads((b.path / "manifest.json").read_text())
-    assert m["format"] == "osnet-edge-bundle" and m["format_version"] == 1
+    assert m["format"] == "osnet-edge-bundle" and m["format_version"] == 2
     assert m["model"]["input_size"] == [128, 64] and m["model"]["embedding_dim"] == 512
-    assert {"variant", "width", "res", "params", "macs"} <= set(m["model"])
+    assert m["model"]["input_size_order"] == "HW" and m["model"]["input_layout"] == "NCHW float32"
+    assert {"variant", "width", "res", "params", "mult_adds"} <= set(m["model"])
     assert m["preprocess"]["color"] == "BGR" and m["preprocess"]["fused"] is False
     assert set(m["files"]) == {"model.onnx", "model.xml", "model.bin"}
     assert all(len(v["sha256"]) == 64 for v in m["files"].values())
     assert m["runtime"] == "openvino" and m["precision"] == "fp32" and m["calibration"] is None
     assert {"osnet_edge", "onnx", "openvino"} <= set(m["versions"])
-    assert m["model"]["macs"] == 20_563_776 or round(m["model"]["macs"] / 1e6, 1) == 20.6
+    assert m["model"]["mult_adds"] == 20_563_776 or round(m["model"]["mult_adds"] / 1e6, 1) == 20.6
 
 
 def test_runtime_registry_and_cross_runtime_refusal(bundles):

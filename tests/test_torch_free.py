@@ -30,7 +30,7 @@ from osnet_edge.samples import synthetic_crops  # noqa: E402
 REPO = Path(__file__).resolve().parents[1]
 DEVICE_MODULES = ["osnet_edge", "osnet_edge.extractor", "osnet_edge.runtimes", "osnet_edge.runtimes.base",
                   "osnet_edge.bundle", "osnet_edge.preprocess", "osnet_edge.metrics", "osnet_edge.samples",
-                  "osnet_edge.calibration"]
+                  "osnet_edge.calibration", "osnet_edge.notices", "osnet_edge.sizes", "osnet_edge.progress"]
 
 CHILD = textwrap.dedent('''
     import importlib, importlib.util, json, sys

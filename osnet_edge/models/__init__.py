@@ -5,20 +5,9 @@ from dataclasses import dataclass
 
 from torch import nn
 
+from ..sizes import BASE_INPUT_SIZE, input_size  # torch-free: the CLIs validate --res before importing torch
 from .osnet import FEATURE_DIM, VARIANTS, OSNet, scaled_channels
 from .weights import CheckpointError, load_torchreid_weights, read_checkpoint
-
-BASE_INPUT_SIZE = (256, 128)
-
-
-def input_size(res: float) -> tuple[int, int]:
-    """Input (H, W) for a resolution multiplier on the 256x128 base, e.g. 0.5 -> (128, 64)."""
-    if not isinstance(res, (int, float)) or isinstance(res, bool) or not res > 0:
-        raise ValueError(f"resolution multiplier must be a positive number, got {res!r}")
-    h, w = round(BASE_INPUT_SIZE[0] * res), round(BASE_INPUT_SIZE[1] * res)
-    if h < 32 or w < 32:
-        raise ValueError(f"res {res} gives input {h}x{w}: OSNet downsamples by 32, need at least 32x32")
-    return h, w
 
 
 def build_osnet(width: float = 1.0, variant: str = "osnet", num_classes: int = 0) -> OSNet:

@@ -17,7 +17,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-BASE_CHANNELS = (64, 256, 384, 512)
+from ..sizes import BASE_CHANNELS, scaled_channels  # noqa: F401  (torch-free, re-exported)
+
 FEATURE_DIM = 512
 VARIANTS = ("osnet", "ibn", "ain")
 
@@ -182,26 +183,6 @@ class OSBlockAIN(nn.Module):
 
 # Which OSNet-AIN blocks carry instance norm (torchreid osnet_ain_x*: conv2, conv3, conv4).
 AIN_BLOCK_IN = ((True, True), (False, True), (True, False))
-
-
-def scaled_channels(width: float) -> tuple[int, int, int, int]:
-    """Channels of conv1..conv4 for a width multiplier; must give whole channels.
-
-    Bottleneck mid channels are out/4 and the gate reduces them by 16, so every stage
-    width must be a positive multiple of 4 and its quarter at least 16 to keep the gate.
-    """
-    if not isinstance(width, (int, float)) or isinstance(width, bool) or not width > 0:
-        raise ValueError(f"width multiplier must be a positive number, got {width!r}")
-    channels = []
-    for base in BASE_CHANNELS:
-        c = base * width
-        if abs(c - round(c)) > 1e-6:
-            raise ValueError(f"width {width} gives {c:g} channels for base {base}: not a whole number")
-        channels.append(int(round(c)))
-    if any(c % 4 for c in channels[1:]) or min(channels[1:]) // 4 < 16:
-        raise ValueError(f"width {width} gives stage channels {channels[1:]}: each must be a multiple "
-                         "of 4 with at least 64 channels (bottleneck /4, gate /16)")
-    return tuple(channels)  # type: ignore[return-value]
 
 
 class OSNet(nn.Module):

@@ -11,7 +11,11 @@ from typing import Any, Mapping
 import torch
 from torch import nn
 
+from ..sizes import BASE_CHANNELS
+
 CLASSIFIER_PREFIX = "classifier."
+STEM_KEY = "conv1.conv.weight"   # the stem: 64 x width output channels in every variant
+SHOWN_KEYS = 5                   # keys listed per kind in a mismatch error (the rest are counted)
 
 
 class CheckpointError(ValueError):
@@ -79,6 +83,35 @@ def _state_dict_of(obj: Any, path: Path) -> "OrderedDict[str, torch.Tensor]":
     return out
 
 
+def state_width(state: Mapping[str, Any]) -> float | None:
+    """Width multiplier a torchreid OSNet state_dict was built with (conv1 out channels / 64)."""
+    stem = state.get(STEM_KEY)
+    return None if stem is None else stem.shape[0] / BASE_CHANNELS[0]
+
+
+def _listed(items: list[str]) -> str:
+    shown = items[:SHOWN_KEYS] + ([f"... {len(items) - SHOWN_KEYS} more"] if len(items) > SHOWN_KEYS else [])
+    return ", ".join(shown)
+
+
+def _mismatch_error(path: str | os.PathLike, model: nn.Module, state: Mapping[str, Any], missing: list[str],
+                    unexpected: list[str], mismatched: list[str]) -> CheckpointError:
+    """What the checkpoint is first (its width, when that is the problem), then the keys, truncated."""
+    variant, width = getattr(model, "variant", "?"), getattr(model, "width", None)
+    found = state_width(state)
+    lines = []
+    if found is not None and width is not None and abs(found - float(width)) > 1e-9:
+        lines.append(f"{path} is a width {found:g} checkpoint ({STEM_KEY} has {state[STEM_KEY].shape[0]} output "
+                     f"channels = 64 x {found:g}) but the model has width {float(width):g}: use --width {found:g} "
+                     f"(build_osnet({found:g}))")
+    lines.append(f"{path} does not fit OSNet variant={variant!r} width={width if width is not None else '?'} "
+                 "(wrong architecture or width?)")
+    for title, items in (("missing", missing), ("unexpected", unexpected), ("mis-shaped", mismatched)):
+        if items:
+            lines.append(f"  {len(items)} {title} keys: {_listed(items)}")
+    return CheckpointError("\n".join(lines))
+
+
 def load_torchreid_weights(model: nn.Module, path: str | os.PathLike,
                            allow_unsafe_pickle: bool = False) -> dict[str, Any]:
     """Load a torchreid OSNet checkpoint strictly into ``model``.
@@ -99,14 +132,7 @@ def load_torchreid_weights(model: nn.Module, path: str | os.PathLike,
     mismatched = [f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
                   for k in state if k in own and state[k].shape != own[k].shape]
     if missing or unexpected or mismatched:
-        desc = getattr(model, "variant", "?"), getattr(model, "width", "?")
-        lines = [f"{path} does not fit OSNet variant={desc[0]!r} width={desc[1]} "
-                 "(wrong architecture or width?)"]
-        for title, items in (("missing", missing), ("unexpected", unexpected), ("mis-shaped", mismatched)):
-            if items:
-                shown = items[:12] + ([f"... and {len(items) - 12} more"] if len(items) > 12 else [])
-                lines.append(f"  {len(items)} {title} keys: " + ", ".join(shown))
-        raise CheckpointError("\n".join(lines))
+        raise _mismatch_error(path, model, state, missing, unexpected, mismatched)
     strict = not any(k.startswith(CLASSIFIER_PREFIX) for k in own)
     model.load_state_dict(state, strict=strict)
     info = {"source": str(path), "sha256": file_sha256(path),
