@@ -56,6 +56,7 @@ from .adapt_views import ViewSet, clean_views, render_batch, sample_views
 from .data import Sample, read_labelled_folder
 from .models import build_osnet, input_size, load_torchreid_weights, read_checkpoint
 from .preprocess import Normalizer, preprocess, read_image
+from .progress import progress_bar
 
 __all__ = ["AdaptConfig", "AdaptationData", "AdaptResult", "adapt", "recalibrate_bn", "embed", "evaluate",
            "parse_losses", "resolve_auto_losses", "KD_LOSSES", "LABEL_LOSSES", "AUTO", "resume_path"]
@@ -121,11 +122,7 @@ class AdaptationData:
         if pids is not None and len(pids) != len(paths):
             raise ValueError(f"{len(pids)} labels for {len(paths)} images")
         images, bad = [], []
-        it = paths
-        if progress:
-            from tqdm import tqdm
-            it = tqdm(paths, desc="reading crops", unit="img", leave=False)
-        for p in it:
+        for p in progress_bar(paths, enabled=progress, desc="reading crops", unit="img", leave=False):
             img = read_image(p)
             if img is None:
                 bad.append(p)
@@ -203,9 +200,7 @@ def recalibrate_bn(model: nn.Module, images: Sequence[np.ndarray], hw: tuple[int
         m.momentum = None
     model.train()
     starts = range(0, len(images), batch_size)
-    if progress:
-        from tqdm import tqdm
-        starts = tqdm(starts, desc=f"BN statistics @ {hw[0]}x{hw[1]}", leave=False)
+    starts = progress_bar(starts, enabled=progress, desc=f"BN statistics @ {hw[0]}x{hw[1]}", leave=False)
     for s in starts:
         idx = list(range(s, min(s + batch_size, len(images))))
         if len(idx) < 2 and s > 0:  # a batch of one cannot give BatchNorm1d statistics
@@ -568,9 +563,8 @@ def _adapt(weights, out, data, res, width, variant, teacher, config, teacher_for
             out_t = np.empty((n, teacher_obj.dim), np.float32)
             out_m = np.empty((n, student.channels[3], *map_hw), np.float16) if use_maps else None
             starts = range(0, n, chunk)
-            if progress:
-                from tqdm import tqdm
-                starts = tqdm(starts, desc=f"teacher views {set_index + 1}/{num_sets}", leave=False)
+            starts = progress_bar(starts, enabled=progress, desc=f"teacher views {set_index + 1}/{num_sets}",
+                                  leave=False)
             for s in starts:
                 idx = list(range(s, min(n, s + chunk)))
                 views_t = render_batch(data.images, views, idx, teacher_obj.input_size)
@@ -635,12 +629,9 @@ def _adapt(weights, out, data, res, width, variant, teacher, config, teacher_for
         batches = _batches_for(data, cfg, np.random.default_rng((cfg.seed, 2, epoch)))
         _set_train_mode(student, cfg)
         sums: dict[str, float] = {}
-        it = batches
-        bar = None
-        if progress:
-            from tqdm import tqdm
-            it = bar = tqdm(batches, desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="batch", leave=False)
-        for idx in it:
+        bar = progress_bar(batches, enabled=progress, desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="batch",
+                           leave=False)
+        for idx in bar:
             lr = _lr_at(step, total_steps, warmup, cfg)
             for g in optimizer.param_groups:
                 g["lr"] = lr
@@ -674,10 +665,8 @@ def _adapt(weights, out, data, res, width, variant, teacher, config, teacher_for
             sums["loss"] = sums.get("loss", 0.0) + loss.item()
             for k, v in terms.items():
                 sums[k] = sums.get(k, 0.0) + v.item()
-            if bar is not None:
-                bar.set_postfix(loss=f"{loss.item():.4f}", lr=f"{lr:.2e}")
-        if bar is not None:
-            bar.close()
+            bar.set_postfix(loss=f"{loss.item():.4f}", lr=f"{lr:.2e}")
+        bar.close()
         epoch_seconds.append(time.perf_counter() - t_epoch)
         history.append({"epoch": epoch + 1, **{k: round(v / len(batches), 6) for k, v in sums.items()}})
         last = epoch + 1 == cfg.epochs

@@ -194,15 +194,15 @@ class TorchReference:
 
 def embed(embedder: Callable[[list[np.ndarray]], np.ndarray], crops: Sequence[np.ndarray], batch_size: int = 64,
           desc: str | None = None, progress: bool = True) -> np.ndarray:
-    """Embeddings of ``crops`` in batches, with a progress bar for long sets."""
-    from tqdm.auto import tqdm
+    """Embeddings of ``crops`` in batches, with a progress bar for long sets (on a terminal)."""
+    from .progress import progress_bar
 
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     chunks = []
     steps = range(0, len(crops), batch_size)
-    for start in tqdm(steps, desc=desc or "embedding", unit="batch", leave=False, file=sys.stderr,
-                      disable=not progress or len(crops) <= batch_size):
+    for start in progress_bar(steps, enabled=progress and len(crops) > batch_size, desc=desc or "embedding",
+                              unit="batch", leave=False):
         chunks.append(np.asarray(embedder(list(crops[start:start + batch_size])), dtype=np.float32))
     if not chunks:
         raise ValueError("no crops to embed")
@@ -1011,7 +1011,7 @@ def run_report(points: Sequence[Any], crops: Sequence[np.ndarray], work_dir: str
     default to those available there. Latency rows go through ``store`` (resumable),
     bundles and embeddings are cached under ``work_dir``.
     """
-    from tqdm.auto import tqdm
+    from .progress import progress_bar
 
     from .extractor import Extractor
     from .machine import describe_machine
@@ -1055,7 +1055,7 @@ def run_report(points: Sequence[Any], crops: Sequence[np.ndarray], work_dir: str
                 es.images()
         features: dict[tuple, tuple[np.ndarray, np.ndarray]] = {}
         jobs = [(p, es) for p in trained for es in evalsets]
-        for point, es in tqdm(jobs, desc="accuracy", unit="eval", disable=not progress or not jobs, file=sys.stderr):
+        for point, es in progress_bar(jobs, enabled=progress and bool(jobs), desc="accuracy", unit="eval"):
             ext = extractor(point)
             metrics, qf, gf = evaluate_embedder(ext, es, eval_batch, cache, bundle_identity(bundles[point], point.runtime),
                                                 progress=progress)
@@ -1095,8 +1095,7 @@ def run_report(points: Sequence[Any], crops: Sequence[np.ndarray], work_dir: str
         for p in bundles:
             models.setdefault((p.variant, p.width, p.res), []).append(p)
         fid_feats: dict[Any, np.ndarray] = {}
-        for key, members in tqdm(list(models.items()), desc="fidelity", unit="model", file=sys.stderr,
-                                 disable=not progress):
+        for key, members in progress_bar(list(models.items()), enabled=progress, desc="fidelity", unit="model"):
             refs = [p for p in members if p.precision == "fp32"]
             if not refs:
                 continue
