@@ -30,7 +30,7 @@ examples:
 
 
 def build_parser() -> Parser:
-    from osnet_edge.adapt_config import AUTO, KD_LOSSES, LABEL_LOSSES, AdaptConfig
+    from osnet_edge.adapt.config import AUTO, KD_LOSSES, LABEL_LOSSES, AdaptConfig
 
     d = AdaptConfig()
     p = Parser(description="Adapt a torchreid OSNet checkpoint to a reduced input resolution (or width) on "
@@ -159,7 +159,7 @@ def main(argv=None) -> int:
     if args.eval:
         if root is None:
             raise CliError("--eval needs the shared data (../shared/data or $OSNET_EDGE_DATA)")
-        from osnet_edge.adapt_teachers import osnet_config_of
+        from osnet_edge.adapt.teachers import osnet_config_of
         from osnet_edge.models import build_osnet, load_torchreid_weights, read_checkpoint
 
         base = build_osnet(*osnet_config_of(read_checkpoint(args.weights)))

@@ -43,7 +43,7 @@ DEV_MARKET_IDS = 51              # the last 51 of bounding_box_train's 751 ident
 
 
 def build_parser() -> Parser:
-    from osnet_edge.adapt_config import AdaptConfig
+    from osnet_edge.adapt.config import AdaptConfig
 
     d = AdaptConfig()
     p = Parser(description=__doc__.split("\n\n")[0], epilog=EXAMPLES)
@@ -140,8 +140,8 @@ def main(argv=None) -> int:
     import torch
 
     from osnet_edge.adapt import AdaptationData, AdaptConfig, adapt, evaluate, recalibrate_bn
-    from osnet_edge.adapt_views import NO_AUGMENTATION, Augmentation
-    from osnet_edge.adapt_teachers import osnet_config_of
+    from osnet_edge.adapt.views import NO_AUGMENTATION, Augmentation
+    from osnet_edge.adapt.teachers import osnet_config_of
     from osnet_edge.data import (adaptation_samples, assert_disjoint_from_protocols, market1501_train,
                                  protocol_available, shared_data_dir)
     from osnet_edge.foreign import known_peers

@@ -13,8 +13,8 @@ torch = pytest.importorskip("torch")
 
 from osnet_edge.adapt import (AdaptationData, AdaptConfig, adapt, parse_losses,  # noqa: E402
                               recalibrate_bn, resolve_auto_losses, resume_path)
-from osnet_edge.adapt_teachers import CheckpointTeacher, load_teacher, osnet_config_of  # noqa: E402
-from osnet_edge.adapt_views import (NO_AUGMENTATION, Augmentation, clean_views, render, render_batch,  # noqa: E402
+from osnet_edge.adapt.teachers import CheckpointTeacher, load_teacher, osnet_config_of  # noqa: E402
+from osnet_edge.adapt.views import (NO_AUGMENTATION, Augmentation, clean_views, render, render_batch,  # noqa: E402
                                     sample_views)
 from osnet_edge.models import build_osnet, input_size, load_torchreid_weights, read_checkpoint  # noqa: E402
 from osnet_edge.preprocess import preprocess, resize  # noqa: E402

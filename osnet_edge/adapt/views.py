@@ -16,7 +16,7 @@ from typing import Sequence
 
 import numpy as np
 
-from .preprocess import IMAGENET_MEAN, resize
+from ..preprocess import IMAGENET_MEAN, resize
 
 try:
     import cv2

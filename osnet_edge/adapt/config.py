@@ -1,4 +1,4 @@
-"""The adaptation recipe (torch-free, so that ``scripts/adapt.py --help`` works without torch)."""
+"""The adaptation recipe (torch-free, so that ``osnet-edge adapt --help`` works without torch)."""
 from __future__ import annotations
 
 import dataclasses
@@ -6,7 +6,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Mapping, Union
 
-from .adapt_views import Augmentation
+from .views import Augmentation
 
 __all__ = ["AdaptConfig", "parse_losses", "resolve_auto_losses", "KD_LOSSES", "LABEL_LOSSES", "AUTO"]
 

@@ -19,8 +19,8 @@ from typing import Any, Mapping, Optional, Protocol
 
 import numpy as np
 
-from .extractor import l2_normalize
-from .preprocess import Normalizer
+from ..extractor import l2_normalize
+from ..preprocess import Normalizer
 
 CHECKPOINT_SUFFIXES = (".pth", ".pt", ".tar")
 
@@ -81,7 +81,7 @@ class CheckpointTeacher:
                  batch_size: int = 64, threads: Optional[int] = None, allow_unsafe_pickle: bool = False) -> None:
         import torch
 
-        from .models import build_osnet, input_size, load_torchreid_weights, read_checkpoint
+        from ..models import build_osnet, input_size, load_torchreid_weights, read_checkpoint
 
         if backend not in ("auto", "openvino", "torch"):
             raise ValueError(f"backend must be 'auto', 'openvino' or 'torch', got {backend!r}")
@@ -158,7 +158,7 @@ class BundleTeacher:
     """An osnet_edge bundle (any precision/runtime) through the torch-free Extractor."""
 
     def __init__(self, path: str | os.PathLike, runtime: Optional[str] = None, threads: Optional[int] = None) -> None:
-        from .extractor import Extractor
+        from ..extractor import Extractor
 
         self.path = Path(path)
         self.extractor = Extractor(self.path, runtime=runtime, threads=threads)
@@ -183,7 +183,7 @@ class ForeignTeacher:
 
     def __init__(self, path: str | os.PathLike, input_format: Optional[str] = None,
                  threads: Optional[int] = None) -> None:
-        from .foreign import ForeignModel
+        from ..foreign import ForeignModel
 
         self.path = Path(path)
         if input_format is None:
