@@ -246,7 +246,7 @@ def export_bundle(out: str | os.PathLike, width: float = 1.0, res: float = 1.0, 
     ``calibration``: a CalibrationSet (int8 only). ``model`` lets a caller pass an already
     built (e.g. adapted) network instead of width/variant/weights.
     """
-    from ._counting import count_macs, count_params
+    from .profiler.counting import count_macs, count_params
 
     step = on_step or (lambda msg: log.info(msg))
     if target not in TARGETS:

@@ -8,7 +8,7 @@ import re
 import pytest
 import torch
 
-from osnet_edge._counting import count_macs, count_params
+from osnet_edge.profiler.counting import count_macs, count_params
 from osnet_edge.models import (CheckpointError, build_osnet, create_model, input_size, list_models,
                                load_torchreid_weights, scaled_channels)
 from osnet_edge.profiler import count_grid
