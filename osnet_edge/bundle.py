@@ -221,27 +221,58 @@ def _warn_random_weights_once(path: Path) -> None:
                   f"{random_weights_advice()}", RandomWeightsWarning, stacklevel=3)
 
 
-def _load_verified(path: str | os.PathLike, verify: bool) -> Bundle:
+def read_manifest(path: str | os.PathLike) -> dict[str, Any]:
+    """A bundle's manifest, its fields checked, its files not (:func:`check_file` does that)."""
     path = Path(path)
     if not path.is_dir():
         what = "is not a directory" if path.exists() else "not found"
         raise BundleError(f"bundle {path}: {what} (a bundle is a directory written by scripts/export.py)")
-    manifest = _read_manifest(path)
+    return _read_manifest(path)
+
+
+@dataclass(frozen=True)
+class FileCheck:
+    """One listed file against the manifest: ``status`` OK, MISSING or MISMATCH (``problem`` says how)."""
+
+    name: str
+    sha256: str
+    size: int | None
+    status: str
+    problem: str | None = None
+
+
+def check_file(path: str | os.PathLike, name: str, expected: Any, verify: bool = True) -> FileCheck:
+    """Check one file listed in the manifest of the bundle at ``path``: present, and with ``verify``
+    of the recorded size and sha256. An unsafe name (absolute, '..') raises BundleError."""
+    path = Path(path)
+    entry = expected if isinstance(expected, dict) else {"sha256": expected}
+    size = entry.get("size")
+    fpath = path / name
+    if Path(name).is_absolute() or ".." in Path(name).parts:
+        raise BundleError(f"{path / MANIFEST} lists an unsafe file name {name!r}")
+
+    def result(status: str, problem: str | None = None) -> FileCheck:
+        return FileCheck(name, entry["sha256"], size, status, problem)
+
+    if not fpath.is_file():
+        return result("MISSING", f"bundle {path} is incomplete: {name} is missing")
+    if verify:
+        if size is not None and fpath.stat().st_size != size:
+            return result("MISMATCH", f"bundle {path}: {name} is {fpath.stat().st_size} bytes, manifest says "
+                                      f"{size} (truncated or replaced); re-export the bundle")
+        if sha256_file(fpath) != entry["sha256"]:
+            return result("MISMATCH", f"bundle {path}: checksum mismatch for {name} (file modified or "
+                                      "corrupted); re-export the bundle")
+    return result("OK")
+
+
+def _load_verified(path: str | os.PathLike, verify: bool) -> Bundle:
+    path = Path(path)
+    manifest = read_manifest(path)
     for name, expected in manifest["files"].items():
-        fpath = path / name
-        if Path(name).is_absolute() or ".." in Path(name).parts:
-            raise BundleError(f"{path / MANIFEST} lists an unsafe file name {name!r}")
-        if not fpath.is_file():
-            raise BundleError(f"bundle {path} is incomplete: {name} is missing")
-        if verify:
-            entry = expected if isinstance(expected, dict) else {"sha256": expected}
-            size = entry.get("size")
-            if size is not None and fpath.stat().st_size != size:
-                raise BundleError(f"bundle {path}: {name} is {fpath.stat().st_size} bytes, manifest says "
-                                  f"{size} (truncated or replaced); re-export the bundle")
-            if sha256_file(fpath) != entry["sha256"]:
-                raise BundleError(f"bundle {path}: checksum mismatch for {name} (file modified or "
-                                  "corrupted); re-export the bundle")
+        check = check_file(path, name, expected, verify)
+        if check.problem is not None:
+            raise BundleError(check.problem)
     return Bundle(path=path, manifest=manifest)
 
 

@@ -319,7 +319,7 @@ def export_bundle(out: str | os.PathLike, width: float = 1.0, res: float = 1.0, 
         if target == "tensorrt":
             build = {"strongly_typed": True, "min_batch": 1, "max_batch": max_batch, "opt_batch": min(8, max_batch),
                      "workspace_mib": 1024,
-                     "engine": "built on the device at first load (or scripts/build_engine.py) and cached in "
+                     "engine": "built on the device at first load (or osnet-edge build-engine) and cached in "
                                "engines/ inside the bundle (cache_dir= / $OSNET_EDGE_ENGINE_CACHE elsewhere), keyed "
                                "by GPU + compute capability + TensorRT version + ONNX sha256"}
         w.manifest.update({

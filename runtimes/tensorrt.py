@@ -220,9 +220,9 @@ def ensure_writable(cache_dir: str | os.PathLike) -> Path:
     except OSError as exc:
         raise EngineCacheError(
             f"cannot write the TensorRT engine cache in {path} ({exc.strerror or exc}). The bundle directory is "
-            f"read-only? Pre-build the engine where it is writable (scripts/build_engine.py BUNDLE), or choose "
+            f"read-only? Pre-build the engine where it is writable (osnet-edge build-engine BUNDLE), or choose "
             f"another cache directory: cache_dir=... (Extractor/runtime option), --cache-dir "
-            f"(scripts/build_engine.py) or ${ENGINE_CACHE_ENV}") from None
+            f"(osnet-edge build-engine) or ${ENGINE_CACHE_ENV}") from None
     return path
 
 

@@ -1,121 +1,13 @@
 #!/usr/bin/env python3
-"""Params, mult-adds and latency of OSNet per width x resolution x variant x runtime x precision x batch."""
-from __future__ import annotations
+"""Params, mult-adds and latency of OSNet per width x resolution x runtime x precision x batch.
 
-import json
+Thin wrapper of ``osnet-edge profile`` (osnet_edge/cli/profile.py): same flags, output and exit codes."""
 import os
 import sys
 
-_HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, _HERE)
-from _cli import CliError, Parser, run  # noqa: E402
-
-# This file is named like the standard library's `profile` module, which cProfile (imported by
-# torch.export during ONNX export) needs: scripts/ must not stay on sys.path once _cli is in.
-sys.path[:] = [p for p in sys.path if os.path.abspath(p or os.curdir) != _HERE]
-if getattr(sys.modules.get("profile"), "__file__", None) == os.path.abspath(__file__):
-    del sys.modules["profile"]
-
-EXAMPLES = """\
-examples:
-  # the paper's Table 6 (counts only, no runtime needed)
-  python scripts/profile.py --width 1.0 0.75 0.5 0.25 --res 1.0 0.75 0.5 0.25 --no-latency --json table6.json
-  # latency of x0.25 at two resolutions on ONNX Runtime and OpenVINO, fp32 and int8, batch 1 and 8
-  python scripts/profile.py --width 0.25 --res 1.0 0.5 --runtime onnxruntime openvino \\
-      --precision fp32 int8 --batch 1 8 --json runs/latency.json --csv runs/latency.csv
-  # rerun the same command after an interruption: rows already in --json are skipped
-"""
-
-
-def build_parser() -> Parser:
-    from osnet_edge.profiler import add_grid_arguments
-
-    p = Parser(description="Profile OSNet configurations: exact params and mult-adds (the paper's counting: "
-               "conv + linear multiply-accumulates of one image, classifier excluded) and latency per runtime, "
-               "precision and batch, measured end to end through the Extractor and on the bare runtime.",
-               epilog=EXAMPLES)
-    add_grid_arguments(p)
-    p.add_argument("--no-latency", action="store_true", help="counts only (needs no runtime)")
-    p.add_argument("--json", metavar="PATH", help="write the rows as a JSON list (latency: appended as they "
-                   "finish; a rerun skips rows already there)")
-    p.add_argument("--csv", metavar="PATH", help="write the rows as CSV")
-    p.add_argument("--fresh", action="store_true", help="ignore rows already in --json/--csv (re-measure)")
-    return p
-
-
-def print_table(rows: list[dict]) -> None:
-    cols = [("variant", "{}"), ("width", "{:g}"), ("res", "{:g}"), ("input", "{}"), ("params", "{}"),
-            ("mult-adds", "{}")]
-    lines = [[fmt.format(v) for (_, fmt), v in zip(cols, (
-        r["variant"], r["width"], r["res"], f"{r['input_h']}x{r['input_w']}", f"{r['params'] / 1e6:.1f}M",
-        f"{r['macs'] / 1e6:.1f}M"))] for r in rows]
-    widths = [max(len(c[0]), *(len(l[i]) for l in lines)) for i, c in enumerate(cols)]
-    print("  ".join(c[0].rjust(w) for c, w in zip(cols, widths)))
-    for l in lines:
-        print("  ".join(v.rjust(w) for v, w in zip(l, widths)))
-
-
-def check_model_sizes(args) -> None:
-    """Every --width / --res before torch is imported: a bad value names the valid ones."""
-    from osnet_edge.sizes import check_resolution, check_width
-
-    try:
-        for width in args.width:
-            check_width(width)
-        for res in args.res:
-            check_resolution(res)
-    except ValueError as exc:
-        raise CliError(str(exc)) from None
-
-
-def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
-    check_model_sizes(args)
-    if args.no_latency:
-        try:
-            from osnet_edge.profiler import count_grid
-        except ImportError as exc:
-            raise CliError(f"counting needs torch ({exc}): pip install -c constraints.txt 'osnet_edge[export]'") from None
-        rows = count_grid(args.width, args.res, args.variant)
-        print_table(rows)
-        if args.json:
-            with open(args.json, "w") as f:
-                json.dump(rows, f, indent=2)
-            print(f"wrote {args.json}")
-        if args.csv:
-            import csv
-            with open(args.csv, "w", newline="") as f:
-                w = csv.DictWriter(f, fieldnames=list(rows[0]))
-                w.writeheader()
-                w.writerows(rows)
-            print(f"wrote {args.csv}")
-        return 0
-
-    from osnet_edge.machine import machine_summary
-    from osnet_edge.profiler import (RowStore, budget_from_args, calibration_from_args, crops_from_args,
-                                     format_latency_table, grid_points, profile_grid, weights_map_from_args)
-
-    points = grid_points(args.width, args.res, args.runtime, args.precision, args.variant)
-    crops, crop_source = crops_from_args(args)
-    store = RowStore(args.json, args.csv, resume=not args.fresh)
-    print(f"machine: {machine_summary()}")
-    print(f"timing: {len(points)} configs x batch {args.batch} x mode {args.mode}, {args.budget_s:g} s per row "
-          f"after {args.warmup} warm-up calls, inputs: {crop_source}")
-    result = profile_grid(points, crops, args.work, batches=args.batch, modes=args.mode, threads=args.threads,
-                          device=args.device, weights=weights_map_from_args(args.weights, args.weights_for),
-                          calibration=calibration_from_args(args), budget=budget_from_args(args),
-                          store=store, progress=not args.no_progress)
-    if result.rows:
-        print(format_latency_table(result.rows))
-    for s in result.skipped:
-        print(f"skipped {s['config']}: {s['reason']}")
-    for path in (args.json, args.csv):
-        if path:
-            print(f"wrote {path}")
-    if not result.rows:
-        raise CliError("no configuration could be measured (see the skipped lines above)")
-    return 0
-
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from _cli import run  # noqa: E402  (the checkout on sys.path, scripts/ off it)
+from osnet_edge.cli.profile import build_parser, main, print_table  # noqa: E402,F401
 
 if __name__ == "__main__":
     run(main)

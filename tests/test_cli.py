@@ -12,7 +12,6 @@ to CASES. Scripts still being written elsewhere are skipped with a reason.
 from __future__ import annotations
 
 import os
-import re
 import signal
 import subprocess
 import sys
@@ -21,29 +20,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from .conftest import load_script
+from .conftest import EXTRAS, assert_one_line_error, env_without, load_script
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPTS = REPO / "scripts"
 # the product's scripts (DESIGN.md) plus whatever else is in scripts/
 EXPECTED_SCRIPTS = ["export.py", "profile.py", "evaluate.py", "report.py", "build_engine.py", "soak.py"]
 ALL_SCRIPTS = sorted(set(EXPECTED_SCRIPTS) | {p.name for p in SCRIPTS.glob("*.py") if not p.name.startswith("_")})
-EXTRAS = ("torch", "onnx", "onnxscript", "onnxruntime", "openvino", "nncf", "tensorrt", "pycuda")
 
 
 # --------------------------------------------------------------------------- helpers
-@pytest.fixture(scope="session")
-def fake_packages(tmp_path_factory) -> Path:
-    """One directory per optional package, holding a package of that name that fails to import."""
-    root = tmp_path_factory.mktemp("missing_extras")
-    for name in EXTRAS:
-        pkg = root / name / name
-        pkg.mkdir(parents=True)
-        (pkg / "__init__.py").write_text(
-            f"raise ModuleNotFoundError(\"No module named '{name}' (simulated missing extra)\", name={name!r})\n")
-    return root
-
-
 def script(name: str) -> Path:
     path = SCRIPTS / name
     if not path.exists():
@@ -53,30 +39,8 @@ def script(name: str) -> Path:
 
 def run_script(name: str, *args, missing: tuple[str, ...] = (), fake_root: Path | None = None,
                cwd: Path | None = None, timeout: float = 180) -> subprocess.CompletedProcess:
-    env = dict(os.environ)
-    if missing:
-        assert fake_root is not None
-        shadow = [str(fake_root / m) for m in missing]
-        env["PYTHONPATH"] = os.pathsep.join(shadow + [p for p in [env.get("PYTHONPATH")] if p])
-    env.pop("OSNET_EDGE_DEBUG", None)
     return subprocess.run([sys.executable, str(script(name)), *map(str, args)], capture_output=True, text=True,
-                          env=env, cwd=cwd or REPO, timeout=timeout)
-
-
-def assert_one_line_error(res: subprocess.CompletedProcess, pattern: str | None = None,
-                          code: int | None = None) -> str:
-    """Non-zero exit, no traceback, and the last stderr line is the only 'error: ...' line."""
-    detail = f"rc={res.returncode}\nstdout:\n{res.stdout[-1500:]}\nstderr:\n{res.stderr[-3000:]}"
-    assert res.returncode != 0, detail
-    if code is not None:
-        assert res.returncode == code, detail
-    assert "Traceback" not in res.stderr, detail
-    lines = [line for line in res.stderr.splitlines() if line.strip()]
-    errors = [line for line in lines if line.startswith("error:")]
-    assert len(errors) == 1 and lines[-1] == errors[0], detail
-    if pattern:
-        assert re.search(pattern, errors[0]), f"{errors[0]!r} does not match {pattern!r}"
-    return errors[0]
+                          env=env_without(missing, fake_root), cwd=cwd or REPO, timeout=timeout)
 
 
 # --------------------------------------------------------------------------- generic: every script
@@ -108,25 +72,6 @@ def test_no_arguments_without_extras_is_one_line(name, fake_packages, tmp_path):
 
 
 # --------------------------------------------------------------------------- specific bad invocations
-@pytest.fixture(scope="session")
-def dummy_bundles(tmp_path_factory) -> dict[str, Path]:
-    """Well-formed bundles whose model files are placeholders: enough to reach the runtime import."""
-    from osnet_edge.bundle import BundleWriter
-
-    out = {}
-    for runtime, files in {"onnxruntime": ["model.onnx"], "openvino": ["model.xml", "model.bin"]}.items():
-        with BundleWriter(tmp_path_factory.mktemp("dummy") / runtime) as w:
-            for f in files:
-                (w.path / f).write_bytes(b"placeholder, never parsed: the runtime is missing")
-            w.manifest.update(model={"variant": "osnet", "width": 0.25, "res": 0.5, "input_size": [128, 64],
-                                     "embedding_dim": 512},
-                              preprocess={"color": "BGR", "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225],
-                                          "interpolation": "linear", "fused": False},
-                              runtime=runtime, precision="fp32")
-        out[runtime] = w.out_dir
-    return out
-
-
 # (script, args, missing extras, exit code or None, regex on the error line), run in a subprocess;
 # keep these fast (no torch import). Placeholders: {tmp} a fresh temporary directory, {ort}/{ov}
 # placeholder bundles. Cases that need torch anyway run in-process below (EXPORT_CASES).

@@ -30,7 +30,16 @@ from osnet_edge.samples import synthetic_crops  # noqa: E402
 REPO = Path(__file__).resolve().parents[1]
 DEVICE_MODULES = ["osnet_edge", "osnet_edge.extractor", "osnet_edge.runtimes", "osnet_edge.runtimes.base",
                   "osnet_edge.bundle", "osnet_edge.preprocess", "osnet_edge.metrics", "osnet_edge.samples",
-                  "osnet_edge.calibration", "osnet_edge.notices", "osnet_edge.sizes", "osnet_edge.progress"]
+                  "osnet_edge.calibration", "osnet_edge.notices", "osnet_edge.sizes", "osnet_edge.progress",
+                  # the console command: every command module imports without torch (`osnet-edge info` and
+                  # `build-engine` run on the camera; the others load torch only when they need it)
+                  "osnet_edge.cli", "osnet_edge.cli.common", "osnet_edge.cli.info",
+                  "osnet_edge.cli.build_engine", "osnet_edge.cli.evaluate", "osnet_edge.cli.profile",
+                  "osnet_edge.cli.report", "osnet_edge.cli.export", "osnet_edge.cli.adapt",
+                  "osnet_edge.cli.int8_fidelity",
+                  # stage packages whose front doors import without torch (torch only inside what trains / counts)
+                  "osnet_edge.adapt", "osnet_edge.adapt.config", "osnet_edge.adapt.data", "osnet_edge.adapt.views",
+                  "osnet_edge.profiler", "osnet_edge.report"]
 
 CHILD = textwrap.dedent('''
     import importlib, importlib.util, json, sys

@@ -143,7 +143,7 @@ def add_grid_arguments(p: Any, budget_s: float = 0.75, widths: Sequence[float] =
     p.add_argument("--min-iters", type=int, default=5, help="fewest timed calls per row (default 5)")
     p.add_argument("--work", default=os.path.join("runs", "profile"), metavar="DIR",
                    help="cache of exported bundles, reused by reruns (default runs/profile); a bundle "
-                        "scripts/export.py wrote under bundles/ with the same name and network is used instead")
+                        "osnet-edge export wrote under bundles/ with the same name and network is used instead")
     p.add_argument("--weights", nargs="+", metavar="[WIDTH=]CKPT",
                    help="torchreid checkpoints; the width is read from the checkpoint unless given. Default: "
                         "../shared/data x0.25 MSMT17 for width 0.25 when present; other widths get random "

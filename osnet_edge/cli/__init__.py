@@ -1,0 +1,85 @@
+"""The ``osnet-edge`` command: one module per subcommand, each with ``build_parser()`` and ``main(argv)``.
+
+``scripts/<name>.py`` in a checkout are thin wrappers of the same modules. Only the chosen command's
+module is imported, and each imports torch (or a runtime) only when it needs it, so ``osnet-edge
+--help``, ``osnet-edge info`` and ``osnet-edge build-engine`` work on a camera without torch; a
+command that needs a missing package fails with one line naming the extra to install.
+"""
+from __future__ import annotations
+
+import difflib
+import importlib
+import sys
+import textwrap
+from typing import NamedTuple, Sequence
+
+from .common import PROG, run
+
+
+class Command(NamedTuple):
+    module: str
+    summary: str
+    needs_torch: bool
+
+
+# In pipeline order: host side (torch) first, then the device, then measurement.
+COMMANDS: dict[str, Command] = {
+    "adapt": Command("adapt", "adapt a torchreid checkpoint to a smaller input resolution on your person crops", True),
+    "export": Command("export", "export OSNet (torchreid weights) to a verified bundle for one runtime", True),
+    "info": Command("info", "what a bundle is (model, weights, precision, runtime, fidelity) and its files checked",
+                    False),
+    "build-engine": Command("build_engine", "build and cache a TensorRT bundle's engine on this GPU", False),
+    "evaluate": Command("evaluate", "rank-1/5/10 and mAP of a bundle, a checkpoint or a foreign model", False),
+    "profile": Command("profile", "params, mult-adds and latency per width x resolution x runtime x precision x "
+                                  "batch", False),
+    "report": Command("report", "latency / accuracy trade-off report for this machine (Markdown, CSV, plots)", False),
+    "int8-fidelity": Command("int8_fidelity", "INT8 vs FP32 cosine and rank-1 / mAP per runtime, resolution and "
+                                              "protocol", True),
+}
+
+
+def help_text() -> str:
+    from osnet_edge import __version__
+
+    width = max(map(len, COMMANDS)) + 2
+    lines = [f"usage: {PROG} [--version] [-h] COMMAND [--debug] [ARGS ...]", "",
+             textwrap.fill(f"osnet_edge {__version__}: OSNet person re-identification on cameras. torchreid "
+                           "checkpoints -> verified bundles -> the torch-free Extractor on ONNX Runtime, OpenVINO "
+                           "or TensorRT.", 100), "",
+             "commands:"]
+    lines += [f"  {name:<{width}}{cmd.summary}{' *' if cmd.needs_torch else ''}" for name, cmd in COMMANDS.items()]
+    lines += ["", textwrap.fill(
+        f"{PROG} COMMAND --help explains a command's flags, with examples; --debug shows the traceback of an error. "
+        "Commands marked * run on the host and need torch (pip install 'osnet_edge[export]'); the others run on a "
+        "camera with only 'osnet_edge[onnxruntime]' (or [openvino] / [tensorrt]), except where a flag needs torch "
+        "(evaluate --weights, profile --no-latency, profile and report when they export bundles).", 100)]
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``osnet-edge COMMAND ARGS``: run one command (exits with its code)."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    debug = args[:1] == ["--debug"]  # also accepted before the command
+    if debug:
+        args = args[1:]
+    if not args or args[0] in ("-h", "--help"):
+        print(help_text())
+        return 0
+    if args[0] == "--version":
+        from osnet_edge import __version__
+
+        print(f"{PROG} {__version__}")
+        return 0
+    name, rest = args[0], args[1:] + (["--debug"] if debug else [])
+    if name not in COMMANDS:
+        close = difflib.get_close_matches(name, COMMANDS, n=1)
+        hint = f"; did you mean {close[0]!r}?" if close else f"; choose from {', '.join(COMMANDS)}"
+        print(f"error: unknown command {name!r}{hint} (see {PROG} --help)", file=sys.stderr)
+        return 2
+    module_name = f"{__name__}.{COMMANDS[name].module}"
+    # imported inside run(): even a failing import ends in one 'error: ...' line
+    run(lambda command_argv: importlib.import_module(module_name).main(command_argv), rest)
+    return 0  # not reached: run() exits with the command's code
+
+
+__all__ = ["COMMANDS", "main", "help_text"]
