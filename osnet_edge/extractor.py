@@ -63,7 +63,7 @@ def _check_batch(batch: np.ndarray) -> list[np.ndarray]:
     if batch.shape[3] != 3:
         hint = _BGRA_HINT if batch.shape[3] == 4 else _GRAY_HINT if batch.shape[3] == 1 else ""
         raise ValueError(f"{where}: expected 3 channels (BGR), got {batch.shape[3]}" + (f"; {hint}" if hint else ""))
-    if batch.shape[1] == 0 or batch.shape[2] == 0:
+    if len(batch) and (batch.shape[1] == 0 or batch.shape[2] == 0):  # no crops at all is an empty input, not an error
         raise ValueError(f"{where}: empty crops (zero height or width)")
     return list(batch)
 
