@@ -3,6 +3,7 @@ uses, and checks several commands share. Imports nothing heavy: commands load to
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import warnings
 from typing import Callable, Iterable, Sequence
@@ -95,6 +96,9 @@ def run(main: Callable[[Sequence[str] | None], int | None], argv: Sequence[str] 
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         sys.exit(130)
+    except BrokenPipeError:  # the reader went away (osnet-edge info ... | head): nothing left to say
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at interpreter exit
+        sys.exit(1)
     except (CliError, ValueError, TypeError, FileNotFoundError, FileExistsError, ImportError,
             RuntimeError, OSError) as exc:
         if debug:
