@@ -607,7 +607,10 @@ def _adapt(weights, out, data, res, width, variant, teacher, config, teacher_for
     def save(epochs_done: int, complete: bool) -> dict:
         record = make_record(epochs_done, complete)
         out.parent.mkdir(parents=True, exist_ok=True)
-        _atomic_save({"state_dict": _plain_state(student), "adaptation": record}, out)
+        state = _plain_state(student)
+        if head is not None:  # as torchreid saves it: loaders drop it, a continued run starts from it
+            state.update({f"classifier.{k}": v.detach().clone() for k, v in head.state_dict().items()})
+        _atomic_save({"state_dict": state, "adaptation": record}, out)
         if complete:
             if rpath.exists():
                 rpath.unlink()
