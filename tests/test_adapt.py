@@ -287,6 +287,12 @@ def test_labels_follow_torchreid_order_and_the_checkpoint_classifier_starts_the_
     assert runs["auto"]["loss_history"][0]["ce"] < runs["new"]["loss_history"][0]["ce"] - 0.3
     other = adapt(checkpoint, tmp_path / "plain.pth", labelled, res=RES, config=cfg, progress=False, threads=1)
     assert other.record["head_init"].startswith("new")   # no classifier in the checkpoint: a fresh head
+    # the adapted checkpoint keeps its trained head (torchreid's key names): a continued run starts from it
+    saved = read_checkpoint(tmp_path / "plain.pth")
+    assert saved["classifier.weight"].shape == (NUM_IDS, 512)
+    again = adapt(tmp_path / "plain.pth", tmp_path / "again.pth", labelled, res=RES, config=cfg, progress=False,
+                  threads=1)
+    assert again.record["head_init"].startswith("checkpoint classifier")
     with pytest.raises(ValueError, match="head"):
         AdaptConfig(head="checkpoint")
 

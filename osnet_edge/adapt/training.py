@@ -410,7 +410,10 @@ class _Run:
         """The checkpoint; beside it the resume state until the run is complete."""
         record = self.record(epochs_done, complete)
         self.out.parent.mkdir(parents=True, exist_ok=True)
-        atomic_save({"state_dict": plain_state(self.student), "adaptation": record}, self.out)
+        state = plain_state(self.student)
+        if self.head is not None:  # as torchreid saves it: loaders drop it, a continued run starts from it
+            state.update({f"classifier.{k}": v.detach().clone() for k, v in self.head.state_dict().items()})
+        atomic_save({"state_dict": state, "adaptation": record}, self.out)
         if complete:
             if self.rpath.exists():
                 self.rpath.unlink()
