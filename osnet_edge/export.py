@@ -214,7 +214,7 @@ def warn_if_unadapted(weights: str | os.PathLike | None, adaptation: Any, res: f
                   "adapted.pth", UnadaptedResolutionWarning, stacklevel=3)
 
 
-def _random_model(width: float, variant: str, seed: int) -> nn.Module:
+def random_model(width: float, variant: str, seed: int) -> nn.Module:
     """A randomly initialised OSNet from a fixed seed (the caller's RNG state is left untouched)."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
@@ -278,7 +278,7 @@ def export_bundle(out: str | os.PathLike, width: float = 1.0, res: float = 1.0, 
         warn_if_unadapted(weights, info.get("adaptation"), float(res))
     elif model is None:
         seed = random_seed
-        model = _random_model(width, variant, seed)
+        model = random_model(width, variant, seed)
         warnings.warn(f"no --weights given: exporting a RANDOMLY INITIALISED model (seed {seed}); "
                       f"{random_weights_advice()}", RandomWeightsWarning, stacklevel=2)
     else:

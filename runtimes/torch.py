@@ -61,8 +61,11 @@ class TorchRuntime:
                 raise RuntimeFailure(f"torch reference needs the bundle's weights {src} "
                                      "(missing or changed since export)")
             load_torchreid_weights(model, src)
+        elif bundle.manifest.get("random_seed") is not None:  # seeded random weights: rebuilt exactly
+            from osnet_edge.export import random_model
+            model = random_model(m["width"], m["variant"], int(bundle.manifest["random_seed"]))
         else:
-            raise RuntimeFailure("bundle was exported from random weights; no torch reference exists")
+            raise RuntimeFailure("bundle was exported from unseeded random weights; no torch reference exists")
         return model
 
     def infer(self, batch: np.ndarray) -> np.ndarray:

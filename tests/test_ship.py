@@ -103,6 +103,19 @@ def test_export_without_weights_warns_and_is_seeded(tmp_path, bundle_dir):
     assert m["weights"] is None and m["random_weights"] is True and m["random_seed"] == 0
 
 
+def test_seeded_random_bundle_is_checked_against_the_same_torch_network(bundle_dir):
+    """The seed in the manifest rebuilds the exact network, so export's check against torch runs
+    for random weights too (it used to be skipped)."""
+    from osnet_edge.samples import synthetic_crops
+    from osnet_edge.verify import reference_check
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RandomWeightsWarning)
+        with Extractor(bundle_dir, threads=1) as ext:
+            check = reference_check(ext, synthetic_crops(4, seed=3))
+    assert check is not None and check["cosine_min"] > 0.99999 and check["max_abs_diff"] < 1e-4
+
+
 def test_random_weights_bundle_warns_once_per_path(bundle_dir, tmp_path):
     copy = _copy(bundle_dir, tmp_path / "copy")
     with warnings.catch_warnings(record=True) as seen:
