@@ -51,12 +51,23 @@ class ForeignModel:
         model = core.read_model(str(self.path))
         shape = model.inputs[0].get_partial_shape()
         self.input_size = (shape[2].get_length(), shape[3].get_length())
-        model.reshape({model.inputs[0].get_any_name(): [-1, 3, *self.input_size]})
         self.dim = model.outputs[0].get_partial_shape()[1].get_length()
         self.runtime = "openvino"
-        self._compiled = core.compile_model(model, "CPU", compile_config("fp32", "CPU", threads, "LATENCY", None))
+        config = compile_config("fp32", "CPU", threads, "LATENCY", None)
+        as_shipped = core.compile_model(model, "CPU", config)
+        flexible = core.read_model(str(self.path))   # a separate copy: the compiled one keeps its shape
+        flexible.reshape({flexible.inputs[0].get_any_name(): [-1, 3, *self.input_size]})
+        dynamic = core.compile_model(flexible, "CPU", config)
+        # Some vendor IRs break when their batch is made dynamic (person-reidentification-retail-0265
+        # returns NaN): keep the batch the model was shipped with unless a probe proves them equal.
+        probe = np.random.default_rng(0).uniform(0, 255, (2, 3, *self.input_size)).astype(np.float32)
+        ref = np.concatenate([as_shipped([probe[i:i + 1]])[0] for i in range(len(probe))])
+        got = dynamic([probe])[0]
+        self._batch_static = not (np.all(np.isfinite(got)) and
+                                  np.allclose(got, ref, rtol=1e-3, atol=1e-3 * float(np.abs(ref).max())))
+        self._compiled = as_shipped if self._batch_static else dynamic
+        del as_shipped, dynamic
         self._request = self._compiled.create_infer_request()
-        self._batch_static = False
 
     def _open_onnxruntime(self, threads: int | None) -> None:
         from osnet_edge.runtimes.onnxruntime import open_session
@@ -69,14 +80,23 @@ class ForeignModel:
         self.runtime = "onnxruntime"
         self._batch_static = isinstance(inp.shape[0], int)
 
-    def infer_raw(self, batch: np.ndarray) -> np.ndarray:
+    @property
+    def batch_mode(self) -> str:
+        """"dynamic" (one call per batch) or "static" (the model's own batch of 1, one call per image)."""
+        return "static" if self._batch_static else "dynamic"
+
+    def _run_once(self, batch: np.ndarray) -> np.ndarray:
         if self.runtime == "openvino":
             self._request.infer({0: batch})
             return self._request.get_output_tensor(0).data.copy()
-        if self._batch_static:
-            return np.concatenate([self._session.run(None, {self._input: batch[i:i + 1]})[0]
-                                   for i in range(len(batch))]) if len(batch) else np.zeros((0, self.dim), np.float32)
         return self._session.run(None, {self._input: batch})[0]
+
+    def infer_raw(self, batch: np.ndarray) -> np.ndarray:
+        if not self._batch_static:
+            return self._run_once(batch)
+        if not len(batch):
+            return np.zeros((0, self.dim), np.float32)
+        return np.concatenate([self._run_once(batch[i:i + 1]) for i in range(len(batch))])
 
     def model_input(self, crops: list[np.ndarray]) -> np.ndarray:
         uint8 = resize_batch(crops, self.input_size, self.interpolation)

@@ -101,7 +101,7 @@ def identity_of(args: argparse.Namespace, model: Any) -> str:
         raw = "|raw" if args.metric == "euclidean" else ""
         return file_identity(args.weights,
                              f"torch|{model.width}|{model.input_size}|{args.variant}|{model.interpolation}{raw}")
-    return file_identity(args.foreign, f"foreign|{model.input_format}|{model.input_size}")
+    return file_identity(args.foreign, f"foreign|{model.input_format}|{model.input_size}|{model.batch_mode}")
 
 
 def open_model(args: argparse.Namespace) -> tuple[Any, str]:
