@@ -11,6 +11,7 @@ configured indexes: when it cannot, the venv tests skip with pip's reason.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -78,12 +79,34 @@ def test_sdist_and_wheel_hold_the_whole_package(dist):
     assert "osnet-edge = osnet_edge.cli:main" in entry_points
 
 
-@pytest.fixture(scope="session")
-def camera(dist, tmp_path_factory) -> Path:
-    """A fresh venv with only the wheel and its [onnxruntime] extra, as on a camera: its bin/ folder."""
+OLDEST_DEVICE_PYTHON = (3, 9)   # setup.cfg python_requires: the camera side's oldest claimed Python
+
+
+def oldest_device_python() -> str | None:
+    """An interpreter of the oldest Python the device side claims, if this machine has one
+    (PATH, or pyenv's versions folder)."""
+    name = "python{}.{}".format(*OLDEST_DEVICE_PYTHON)
+    pyenv = Path(os.environ.get("PYENV_ROOT", Path.home() / ".pyenv")) / "versions"
+    candidates = [str(p) for p in sorted(pyenv.glob("{}.{}.*/bin/{}".format(*OLDEST_DEVICE_PYTHON, name)))]
+    candidates += [shutil.which(name)] if shutil.which(name) else []   # last: may be an inactive pyenv shim
+    for candidate in candidates:
+        if subprocess.run([candidate, "-c", "import venv"], capture_output=True).returncode == 0:
+            return candidate
+    return None
+
+
+@pytest.fixture(scope="session", params=["this-python", "oldest-claimed-python"])
+def camera(request, dist, tmp_path_factory) -> Path:
+    """A fresh venv with only the wheel and its [onnxruntime] extra, as on a camera: its bin/ folder.
+    Made with this interpreter and with the oldest Python the device side claims (3.9), when present."""
+    interpreter = sys.executable
+    if request.param == "oldest-claimed-python":
+        interpreter = oldest_device_python()
+        if interpreter is None:
+            pytest.skip("no Python {}.{} interpreter on this machine".format(*OLDEST_DEVICE_PYTHON))
     root = tmp_path_factory.mktemp("camera")
     venv = root / "venv"
-    _checked(_run([sys.executable, "-m", "venv", venv], cwd=root))
+    _checked(_run([interpreter, "-m", "venv", venv], cwd=root))
     python = venv / "bin" / "python"
     res = _run([python, "-m", "pip", "install", "--disable-pip-version-check", "--timeout", "60",
                 f"{dist['wheel']}[onnxruntime]"], cwd=root, timeout=900)
