@@ -33,10 +33,6 @@ def session_options(threads: int | None):
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     opts.log_severity_level = 3
-    # Denormal activations (values below ~1e-38, which adapted networks produce) cost x86 CPUs ~100
-    # cycles each: the adapted x0.25 @ 128x64 ran 2.5x slower with them. Flushing them to zero changes
-    # embeddings by nothing measurable (cosine 1.0000000).
-    opts.add_session_config_entry("session.set_denormal_as_zero", "1")
     threads = resolve_threads(threads)
     if threads is not None:
         opts.intra_op_num_threads = threads

@@ -39,7 +39,6 @@ def compile_config(precision: str, device: str, threads: int | None, hint: str,
     config: dict = {"PERFORMANCE_HINT": hint}
     if device.upper().startswith("CPU"):
         config["INFERENCE_PRECISION_HINT"] = "bf16" if precision == "bf16" else "f32"
-        config["CPU_DENORMALS_OPTIMIZATION"] = True   # flush denormals to zero: see runtimes/onnxruntime.py
         threads = resolve_threads(threads)
         if threads is not None:
             config["INFERENCE_NUM_THREADS"] = threads
