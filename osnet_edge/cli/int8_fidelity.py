@@ -77,7 +77,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from osnet_edge.models import input_size
     from osnet_edge.models.weights import read_checkpoint_meta
     from osnet_edge.profiler import checkpoint_width
-    from osnet_edge.quantize import cpu_int8_flags, fidelity_report
+    from osnet_edge.quantize import cpu_int8_flags
     from osnet_edge.report import FeatureCache, bundle_identity, evaluate_embedder, protocol_set
 
     if args.threads:
@@ -147,7 +147,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             feats = embed(out, runtime="onnxruntime" if backend == "tensorrt" else backend)
             for es in evalsets:
                 rows.append(compare(es, ref[es.name], feats[es.name], backend, width, res, hw, bundle, qrep,
-                                    export_s, fidelity_report))
+                                    export_s))
     if args.json:
         os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
         with open(args.json, "w") as f:
@@ -156,11 +156,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
-def compare(es, ref, feats, backend, width, res, hw, bundle, qrep, export_s, fidelity_report) -> dict:
+def compare(es, ref, feats, backend, width, res, hw, bundle, qrep, export_s) -> dict:
     """One row: cosine INT8 vs FP32 and rank-1 / mAP FP32, INT8-vs-INT8 and INT8-query-vs-FP32-gallery."""
     import numpy as np
 
     from osnet_edge.metrics import rank_metrics
+    from osnet_edge.quantize import fidelity_report
 
     (rq, rg), (iq, ig) = ref, feats
     ids = dict(q_pids=es.q_pids, g_pids=es.g_pids, q_camids=es.q_camids, g_camids=es.g_camids)
