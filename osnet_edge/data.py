@@ -237,10 +237,10 @@ def market1501_eval(root: Optional[PathLike] = None) -> tuple[list[Sample], list
 
 def market1501_train(root: Optional[PathLike] = None) -> list[Sample]:
     """Calibration / adaptation / fine-tuning on Market-1501: ``bounding_box_train/`` only
-    (751 identities disjoint from the test identities), checked disjoint from the evaluation images."""
+    (751 identities disjoint from the test identities), checked disjoint from the evaluation
+    images of every protocol present, as :func:`adaptation_samples` is."""
     samples = _market1501_split(root, "train")
-    query, gallery = market1501_eval(root)
-    assert_disjoint(samples, query + gallery)
+    assert_disjoint_from_protocols(samples, root)
     return samples
 
 
@@ -318,7 +318,8 @@ def assert_disjoint_from_protocols(samples: Iterable[Union[Sample, PathLike]],
             raise ValueError(f"images overlap evaluation protocol {name!r}: {exc}") from None
 
 
-# Which images calibration / adaptation read for each evaluation protocol (never its evaluation images).
+# Which images calibration / adaptation read for each evaluation protocol; each function already
+# checks its images against every evaluation protocol present (callers need not repeat it).
 TRAIN_SPLITS: dict[str, Callable[..., list[Sample]]] = {
     "market1501": market1501_train,
     "cuhk03-val": adaptation_samples,

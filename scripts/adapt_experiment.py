@@ -142,7 +142,7 @@ def main(argv=None) -> int:
     from osnet_edge.adapt import AdaptationData, AdaptConfig, adapt, evaluate, recalibrate_bn
     from osnet_edge.adapt.views import NO_AUGMENTATION, Augmentation
     from osnet_edge.adapt.teachers import osnet_config_of
-    from osnet_edge.data import (adaptation_samples, assert_disjoint_from_protocols, market1501_train,
+    from osnet_edge.data import (adaptation_samples, market1501_train,
                                  protocol_available, shared_data_dir)
     from osnet_edge.foreign import known_peers
     from osnet_edge.models import build_osnet, input_size, load_torchreid_weights, read_checkpoint
@@ -165,8 +165,7 @@ def main(argv=None) -> int:
     if teacher in peers:
         teacher, teacher_format = peers[teacher]["path"], peers[teacher]["input_format"]
 
-    samples = market1501_train(root) if market else adaptation_samples(root)
-    assert_disjoint_from_protocols(samples, root)
+    samples = market1501_train(root) if market else adaptation_samples(root)  # both check disjointness
     dev_samples = []
     if args.dev:
         samples, dev_samples = dev_split(samples, market)
