@@ -93,7 +93,7 @@ def eval_sets(args: argparse.Namespace) -> list:
 def identity_of(args: argparse.Namespace, model: Any) -> str:
     """Cache key of what embeds: the bundle's files on its runtime, or the checkpoint / foreign
     file with everything that changes its embeddings."""
-    from osnet_edge.report import bundle_identity, file_identity
+    from osnet_edge.report import bundle_identity, file_identity, foreign_identity
 
     if args.bundle:
         return bundle_identity(model.bundle, model.runtime)
@@ -101,7 +101,7 @@ def identity_of(args: argparse.Namespace, model: Any) -> str:
         raw = "|raw" if args.metric == "euclidean" else ""
         return file_identity(args.weights,
                              f"torch|{model.width}|{model.input_size}|{args.variant}|{model.interpolation}{raw}")
-    return file_identity(args.foreign, f"foreign|{model.input_format}|{model.input_size}|{model.batch_mode}")
+    return foreign_identity(model)
 
 
 def open_model(args: argparse.Namespace) -> tuple[Any, str]:

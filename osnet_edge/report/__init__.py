@@ -23,7 +23,7 @@ from __future__ import annotations
 
 from .compatibility import compatibility_matrices
 from .evaluation import (PROTOCOL_ORDER, EvalSet, FeatureCache, TorchReference, available_protocols, bundle_identity,
-                         embed, evaluate_embedder, file_identity, folder_set, market1501_set, protocol_set)
+                         embed, evaluate_embedder, file_identity, foreign_identity, folder_set, market1501_set, protocol_set)
 from .files import report_csv_rows, write_report
 from .markdown import hardware_line, render_markdown
 from .measure import run_report
@@ -33,7 +33,7 @@ from .recommendation import (DEFAULT_ACCURACY_TOL, int8_accuracy_cost, int8_comp
 from .results import ReportData, config_label, full_label
 
 __all__ = ["PROTOCOL_ORDER", "EvalSet", "FeatureCache", "TorchReference", "available_protocols", "bundle_identity",
-           "embed", "evaluate_embedder", "file_identity", "folder_set", "market1501_set", "protocol_set",
+           "embed", "evaluate_embedder", "file_identity", "foreign_identity", "folder_set", "market1501_set", "protocol_set",
            "run_report", "compatibility_matrices", "ReportData", "config_label", "full_label",
            "DEFAULT_ACCURACY_TOL", "int8_accuracy_cost", "int8_comparisons", "mean_accuracy", "pareto_front",
            "recommend", "tradeoff_points", "PEER_COLOUR", "PRECISION_COLOURS", "RUNTIME_MARKERS", "plot_tradeoff",

@@ -233,6 +233,12 @@ def file_identity(path: str | os.PathLike, extra: str = "") -> str:
     return hashlib.sha256(f"{sha256_file(path)}|{extra}".encode()).hexdigest()[:16]
 
 
+def foreign_identity(model: Any) -> str:
+    """Content key of a :class:`osnet_edge.foreign.ForeignModel`: its file and everything that changes
+    its embeddings (input convention and size, and the batch mode: 0265's dynamic batch gave NaN)."""
+    return file_identity(model.path, f"foreign|{model.input_format}|{model.input_size}|{model.batch_mode}")
+
+
 def evaluate_embedder(embedder: Callable, evalset: EvalSet, batch_size: int = 64, cache: FeatureCache | None = None,
                       identity: str | None = None, progress: bool = True,
                       ranks: Iterable[int] = (1, 5, 10), metric: str = "cosine") -> tuple[dict, np.ndarray, np.ndarray]:

@@ -14,7 +14,7 @@ import numpy as np
 from ..verify import agreement
 from .compatibility import compatibility_matrices
 from .evaluation import (EvalSet, FeatureCache, available_protocols, bundle_identity, embed, evaluate_embedder,
-                         file_identity, protocol_set)
+                         foreign_identity, protocol_set)
 from .results import ReportData, accuracy_entry, point_base
 
 
@@ -239,8 +239,7 @@ def _run_peers(data: ReportData, data_root, crops, evalsets, batches, modes, thr
             keys = {row_key(w) for w in wanted}
             data.rows += [r for r in store.rows if row_key(r) in keys]
             for es in evalsets:
-                metrics, _, _ = evaluate_embedder(model, es, eval_batch, cache,
-                                                  file_identity(kwargs["path"], kwargs["input_format"]), progress)
+                metrics, _, _ = evaluate_embedder(model, es, eval_batch, cache, foreign_identity(model), progress)
                 data.accuracy.append(accuracy_entry({**base, **extra}, es.name, metrics))
         except Exception as exc:
             data.skipped.append({"config": f"peer {name}", "reason": f"{type(exc).__name__}: {exc}"})
