@@ -26,7 +26,7 @@ DEFAULT_OPSET = 18
 INPUT_NAME, OUTPUT_NAME = "input", "embedding"
 # Precisions each target can honour. bf16 is an OpenVINO CPU execution hint (fp32 IR).
 TARGET_PRECISIONS = {"onnxruntime": ("fp32", "fp16", "int8"), "openvino": ("fp32", "fp16", "bf16", "int8"),
-                     "tensorrt": ("fp32", "fp16", "int8")}
+                     "tensorrt": ("fp32", "fp16", "int8"), "litert": ("fp32", "fp16", "int8")}
 
 
 # Measured (scripts/evaluate.py, Market-1501 protocol): what exporting full-resolution weights at a
@@ -198,10 +198,14 @@ def _versions(target: str) -> dict[str, str]:
     out = {"osnet_edge": __version__, "torch": torch.__version__, "onnx": onnx.__version__,
            "python": platform.python_version()}
     for pkg in {"onnxruntime": ["onnxruntime"], "openvino": ["openvino"],
-                "tensorrt": ["onnxruntime"]}[target]:
+                "tensorrt": ["onnxruntime"], "litert": []}[target]:
         with contextlib.suppress(Exception):
             mod = __import__(pkg)
             out[pkg] = getattr(mod, "__version__", None) or mod.get_version()
+    if target == "litert":
+        from .tflite import litert_versions
+
+        out.update(litert_versions())
     return out
 
 
@@ -233,14 +237,100 @@ def random_model(width: float, variant: str, seed: int) -> nn.Module:
         return build_osnet(width, variant)
 
 
-def _preprocess_description(fused: bool) -> str:
+def _input_layout(target: str, fused: bool) -> str:
+    """The model input tensor: fused bundles take uint8 NHWC crops; LiteRT takes NHWC, the others NCHW."""
+    if fused:
+        return "NHWC uint8"
+    return "NHWC float32" if target == "litert" else "NCHW float32"
+
+
+def _preprocess_description(fused: bool, layout: str = "NCHW") -> str:
     """The pipeline in words, so that a tool reading only the manifest feeds the model right."""
     head = "crops are BGR uint8 (OpenCV order), resized to input_size (H, W); "
     if fused:
         return head + ("the model takes them as NHWC uint8 and itself reverses the channels, scales to [0, 1] "
                        "and normalises with mean/std (given in RGB order)")
     return head + ("then reversed to RGB, scaled to [0, 1] and normalised with mean/std (RGB order) into the "
-                   "model's NCHW float32 input")
+                   f"model's {layout} float32 input")
+
+
+def _export_onnx_family(model: nn.Module, folder: Path, hw: tuple[int, int], target: str, precision: str,
+                        fuse_preprocess: bool, calibration: Any, calib_method: str | None, opset: int, max_batch: int,
+                        trained: bool, step: Callable[[str], None], progress: bool,
+                        quant_options: dict) -> tuple[dict, dict | None, dict | None]:
+    """model.onnx (onnxruntime, tensorrt) or model.xml/.bin (openvino) in ``folder``; returns
+    (build info, calibration info, quantization report)."""
+    onnx_path = folder / "model.onnx"
+    step(f"exporting ONNX (opset {opset}, input {hw[0]}x{hw[1]}, dynamic batch)")
+    fp32_path = to_onnx(model, folder / "model_fp32.onnx", hw, opset, fuse_preprocess)
+    calibration_info, quant_report, build = None, None, {}
+    if precision == "int8":
+        from .quantize import quantize
+
+        step(f"quantizing for {target} with {calibration.num_images} calibration images")
+        teacher = model if trained or quant_options.get("distill") is True else None
+        quant_options.setdefault("progress", progress or log.isEnabledFor(logging.INFO))
+        result = quantize(fp32_path, calibration, target, folder, method=calib_method, torch_model=teacher,
+                          **quant_options)
+        calibration_info = {**calibration.describe(), "method": result.method}
+        quant_report = result.report
+    elif target == "openvino":
+        step("converting to OpenVINO IR" + (" (fp16 weights)" if precision == "fp16" else ""))
+        save_openvino_ir(fp32_path, folder / "model.xml", fp16=(precision == "fp16"))
+    elif precision == "fp16":
+        step("converting ONNX to fp16 (fp32 inputs/outputs)")
+        convert_fp16(fp32_path, onnx_path)
+    if not onnx_path.exists():
+        os.replace(fp32_path, onnx_path)
+    elif fp32_path.exists():
+        fp32_path.unlink()
+    if target == "tensorrt":
+        build = {"strongly_typed": True, "min_batch": 1, "max_batch": max_batch, "opt_batch": min(8, max_batch),
+                 "workspace_mib": 1024,
+                 "engine": "built on the device at first load (or osnet-edge build-engine) and cached in "
+                           "engines/ inside the bundle (cache_dir= / $OSNET_EDGE_ENGINE_CACHE elsewhere), keyed "
+                           "by GPU + compute capability + TensorRT version + ONNX sha256"}
+    return build, calibration_info, quant_report
+
+
+def _export_litert(model: nn.Module, folder: Path, hw: tuple[int, int], precision: str, fuse_preprocess: bool,
+                   calibration: Any, calib_method: str | None, trained: bool, step: Callable[[str], None],
+                   progress: bool, quant_options: dict) -> tuple[dict, dict | None]:
+    """model.tflite in ``folder`` straight from torch (osnet_edge.tflite); returns (build info, quantization
+    report). The build info records the conversion, its exact rewrites and XNNPACK's coverage of the file."""
+    from .runtimes.litert import LiteRtRuntime
+    from .tflite import MODEL_FILE, to_tflite
+
+    path, quant_report = folder / MODEL_FILE, None
+    if precision == "int8":
+        from .quantize.litert import quantize_from_torch
+
+        step(f"quantizing for litert with {calibration.num_images} calibration images")
+        distill = quant_options.pop("distill", "auto")
+        distill = trained if distill == "auto" else bool(distill)
+        quant_options.setdefault("progress", progress or log.isEnabledFor(logging.INFO))
+        result = quantize_from_torch(model, calibration, folder, hw, fuse_preprocess=fuse_preprocess, distill=distill,
+                                     method=calib_method, **quant_options)
+        quant_report = dict(result.report, method_used=result.method)
+        conversion = quant_report.pop("conversion")
+    else:
+        step(f"converting to LiteRT (litert-torch, NHWC input {hw[0]}x{hw[1]})")
+        conversion = to_tflite(model, path, hw, fuse_preprocess=fuse_preprocess)
+        if precision == "fp16":
+            from .quantize.litert import fp16_tflite
+
+            step("storing the weights as fp16")
+            fp32_path = folder / "model_fp32.tflite"
+            os.replace(path, fp32_path)
+            conversion["fp16"] = fp16_tflite(fp32_path, path)
+            fp32_path.unlink()
+    runtime = LiteRtRuntime.from_file(str(path), threads=1)
+    coverage = runtime.coverage()
+    runtime.close()
+    if coverage["undelegated_ops"]:
+        left = ", ".join(f"{k} x{v}" for k, v in coverage["undelegated_ops"].items())
+        log.info("XNNPACK leaves %s on LiteRT's reference kernels (%d partitions)", left, coverage["partitions"])
+    return {**conversion, "xnnpack": coverage}, quant_report
 
 
 def export_bundle(out: str | os.PathLike, width: float = 1.0, res: float = 1.0, variant: str = "osnet",
@@ -300,56 +390,36 @@ def export_bundle(out: str | os.PathLike, width: float = 1.0, res: float = 1.0, 
     model.eval()
     params, macs = count_params(model), count_macs(model, hw)
 
+    # Trained weights: quantization-aware distillation with the torch model as FP32 teacher
+    # (quant_options distill=False turns it off). Random weights: plain PTQ (nothing to keep).
+    trained = weights_info is not None or bool(getattr(model, "adaptation", None))
     with BundleWriter(out, overwrite=overwrite) as w:
-        onnx_path = w.path / "model.onnx"
-        step(f"exporting ONNX (opset {opset}, input {hw[0]}x{hw[1]}, dynamic batch)")
-        fp32_path = to_onnx(model, w.path / "model_fp32.onnx", hw, opset, fuse_preprocess)
         calibration_info, quant_report, build = None, None, {}
-        if precision == "int8":
-            from .quantize import quantize
-
-            step(f"quantizing for {target} with {calibration.num_images} calibration images")
-            # Trained weights: quantization-aware distillation with the torch model as FP32 teacher
-            # (quant_options distill=False turns it off). Random weights: plain PTQ (nothing to keep).
-            trained = weights_info is not None or bool(getattr(model, "adaptation", None))
-            teacher = model if trained or quant_options.get("distill") is True else None
-            quant_options.setdefault("progress", on_step is not None or log.isEnabledFor(logging.INFO))
-            result = quantize(fp32_path, calibration, target, w.path, method=calib_method, torch_model=teacher,
-                              **quant_options)
-            calibration_info = {**calibration.describe(), "method": result.method}
-            quant_report = result.report
-        elif target == "openvino":
-            step("converting to OpenVINO IR" + (" (fp16 weights)" if precision == "fp16" else ""))
-            save_openvino_ir(fp32_path, w.path / "model.xml", fp16=(precision == "fp16"))
-        elif precision == "fp16":
-            step("converting ONNX to fp16 (fp32 inputs/outputs)")
-            convert_fp16(fp32_path, onnx_path)
-        if not onnx_path.exists():
-            os.replace(fp32_path, onnx_path)
-        elif fp32_path.exists():
-            fp32_path.unlink()
-        if target == "tensorrt":
-            build = {"strongly_typed": True, "min_batch": 1, "max_batch": max_batch, "opt_batch": min(8, max_batch),
-                     "workspace_mib": 1024,
-                     "engine": "built on the device at first load (or osnet-edge build-engine) and cached in "
-                               "engines/ inside the bundle (cache_dir= / $OSNET_EDGE_ENGINE_CACHE elsewhere), keyed "
-                               "by GPU + compute capability + TensorRT version + ONNX sha256"}
+        if target == "litert":
+            build, quant_report = _export_litert(model, w.path, hw, precision, fuse_preprocess, calibration,
+                                                 calib_method, trained, step, on_step is not None, quant_options)
+            if quant_report is not None:
+                calibration_info = {**calibration.describe(), "method": quant_report.pop("method_used")}
+        else:
+            build, calibration_info, quant_report = _export_onnx_family(
+                model, w.path, hw, target, precision, fuse_preprocess, calibration, calib_method, opset,
+                max_batch, trained, step, on_step is not None, quant_options)
         w.manifest.update({
             "model": {"variant": variant, "width": float(width), "res": float(res), "input_size": list(hw),
                       "input_size_order": "HW", "embedding_dim": FEATURE_DIM, "params": params,
                       "mult_adds": macs, "input_name": INPUT_NAME, "output_name": OUTPUT_NAME,
                       # the tensor only: its colour is preprocess.color (+ preprocess.description)
-                      "input_layout": "NHWC uint8" if fuse_preprocess else "NCHW float32"},
+                      "input_layout": _input_layout(target, fuse_preprocess)},
             "weights": weights_info,
             "random_weights": weights_info is None and not getattr(model, "adaptation", None),
             "random_seed": seed,
             "adaptation": getattr(model, "adaptation", None),
             "preprocess": {"color": "BGR", "mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD),
                            "interpolation": interpolation, "fused": bool(fuse_preprocess),
-                           "description": _preprocess_description(fuse_preprocess)},
+                           "description": _preprocess_description(fuse_preprocess, _input_layout(target, False).split()[0])},
             "runtime": target, "precision": precision, "max_batch": max_batch,
             "calibration": calibration_info, "quantization": quant_report, "build": build or None,
-            "versions": _versions(target), "opset": opset,
+            "versions": _versions(target), "opset": None if target == "litert" else opset,
         })
     assert w.bundle is not None
     return w.bundle

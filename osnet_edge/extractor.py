@@ -193,7 +193,8 @@ class Extractor:
         max_batch = self.bundle.max_batch
         self.batch_size = min(batch_size, max_batch) if max_batch else batch_size
         self.fused = self.bundle.fused_preprocess
-        self._normalize = None if self.fused else Normalizer(pre["mean"], pre["std"], color=self.color)
+        layout = "NHWC" if self.bundle.manifest["model"].get("input_layout", "").startswith("NHWC") else "NCHW"
+        self._normalize = None if self.fused else Normalizer(pre["mean"], pre["std"], color=self.color, layout=layout)
         self._lock = threading.Lock()
 
     # -- facts -------------------------------------------------------------------------

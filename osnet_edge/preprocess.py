@@ -99,16 +99,22 @@ def resize_batch(crops: Sequence[np.ndarray], out_hw: tuple[int, int],
     return out
 
 
+LAYOUTS = ("NCHW", "NHWC")
+
+
 class Normalizer:
     """(N,H,W,3) uint8 BGR (or RGB with ``color="rgb"``) -> (N,3,H,W) float32 RGB, scaled and
-    ImageNet-normalised.
+    ImageNet-normalised; ``layout="NHWC"`` keeps channels last (LiteRT's input).
 
     One fused multiply-add per channel: x * 1/(255*std) - mean/std, written straight into
-    the NCHW output (no intermediate float copies of the batch).
+    the output (no intermediate float copies of the batch).
     """
 
     def __init__(self, mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD,
-                 color: str = "bgr") -> None:
+                 color: str = "bgr", layout: str = "NCHW") -> None:
+        if layout not in LAYOUTS:
+            raise ValueError(f"layout must be one of {LAYOUTS}, got {layout!r}")
+        self.layout = layout
         # output channel c (RGB) comes from input plane 2 - c for BGR input, plane c for RGB input
         self._planes = (2, 1, 0) if check_color(color) == "bgr" else (0, 1, 2)
         self.mean = tuple(float(m) for m in mean)
@@ -118,6 +124,11 @@ class Normalizer:
 
     def __call__(self, batch: np.ndarray) -> np.ndarray:
         n, h, w, _ = batch.shape
+        if self.layout == "NHWC":  # channels stay last: one broadcast multiply-add over the whole batch
+            out = np.empty((n, h, w, 3), dtype=np.float32)
+            np.multiply(batch[..., self._planes], self._scale, out=out, dtype=np.float32)
+            out += self._bias
+            return out
         out = np.empty((n, 3, h, w), dtype=np.float32)
         for i in range(n):
             # cv2.split gives contiguous planes: ~2x faster than strided channel views

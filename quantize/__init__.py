@@ -151,6 +151,15 @@ def compare_latency(backend_mod, fp32_onnx: str, model_dir: Path, sample: np.nda
             "cpu_flags": cpu_int8_flags(), "note": "quick check at export; scripts/bench_int8.py for a full benchmark"}
 
 
+def warn_if_int8_slower(latency: dict, backend: str) -> None:
+    """The export-time latency check's verdict: INT8 that is slower than FP32 here is said loudly."""
+    if latency.get("int8_ms") and latency.get("fp32_ms") and latency["int8_ms"] > latency["fp32_ms"]:
+        warnings.warn(f"INT8 is SLOWER than FP32 on this machine for {backend} "
+                      f"({latency['int8_ms']:.2f} vs {latency['fp32_ms']:.2f} ms at batch 1; CPU "
+                      f"flags {', '.join(latency['cpu_flags']) or 'none'}): prefer the fp32/fp16 bundle "
+                      "here unless the target device has INT8 acceleration")
+
+
 def cpu_int8_flags() -> list[str]:
     """The CPU features that decide INT8 speed (VNNI, AMX, AVX-512, AVX2), as /proc/cpuinfo lists them."""
     wanted = ("avx2", "avx512f", "avx512bw", "avx512_vnni", "avx_vnni", "amx_int8", "amx_bf16", "avx512_bf16",
@@ -254,11 +263,7 @@ def quantize(onnx_path: str | os.PathLike, calibration_set, backend: str, out_di
         if measure_latency:
             try:
                 latency = compare_latency(mod, str(onnx_path), work, fid_input)
-                if latency["int8_ms"] > latency["fp32_ms"]:
-                    warnings.warn(f"INT8 is SLOWER than FP32 on this machine for {backend} "
-                                  f"({latency['int8_ms']:.2f} vs {latency['fp32_ms']:.2f} ms at batch 1; CPU "
-                                  f"flags {', '.join(latency['cpu_flags']) or 'none'}): prefer the fp32/fp16 bundle "
-                                  "here unless the target device has INT8 acceleration")
+                warn_if_int8_slower(latency, backend)
             except Exception as exc:  # timing is advisory; never fail an export on it
                 latency = {"error": str(exc).splitlines()[0]}
 

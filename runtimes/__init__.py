@@ -1,7 +1,7 @@
 """Runtime registry: ``available()`` lists what runs here, ``create()`` opens a bundle.
 
 Each runtime lives in its own module and imports its package lazily, so listing and
-importing this registry never needs onnxruntime, openvino, tensorrt or torch.
+importing this registry never needs onnxruntime, openvino, tensorrt, ai-edge-litert or torch.
 """
 from __future__ import annotations
 
@@ -18,9 +18,10 @@ _REGISTRY = {
     "onnxruntime": ("osnet_edge.runtimes.onnxruntime", "OnnxRuntime"),
     "openvino": ("osnet_edge.runtimes.openvino", "OpenVinoRuntime"),
     "tensorrt": ("osnet_edge.runtimes.tensorrt", "TensorRtRuntime"),
+    "litert": ("osnet_edge.runtimes.litert", "LiteRtRuntime"),
     "torch": ("osnet_edge.runtimes.torch", "TorchRuntime"),
 }
-DEVICE_RUNTIMES = ("onnxruntime", "openvino", "tensorrt")
+DEVICE_RUNTIMES = ("onnxruntime", "openvino", "tensorrt", "litert")
 
 
 def names() -> list[str]:

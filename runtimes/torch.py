@@ -46,6 +46,9 @@ class TorchRuntime:
         self.model = model.eval().to(device)
         self.device = device
         self.fused = bundle.fused_preprocess if fused_preprocess is None and bundle is not None else bool(fused_preprocess)
+        # LiteRT bundles take normalised NHWC float32: the same input, channels last
+        layout = bundle.manifest["model"].get("input_layout", "") if bundle is not None else ""
+        self.channels_last = not self.fused and layout.startswith("NHWC")
 
     @staticmethod
     def _model_from_bundle(bundle: "Bundle"):
@@ -76,6 +79,8 @@ class TorchRuntime:
             if self.fused:
                 from osnet_edge.export import FusedPreprocess
                 x = FusedPreprocess()(x)
+            elif self.channels_last:
+                x = x.permute(0, 3, 1, 2)
             return self.model(x).float().cpu().numpy()
 
     def close(self) -> None:

@@ -7,6 +7,7 @@ ModuleNotFoundError, as on a camera without torch; it also records every attempt
 """
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import shutil
@@ -61,7 +62,7 @@ CHILD = textwrap.dedent('''
     data = np.load(sys.argv[1])
     crops = [data[k] for k in sorted(data.files) if k.startswith("crop")]
     results = {}
-    for runtime in ("onnxruntime", "openvino"):
+    for runtime in [k[len("bundle_"):] for k in data.files if k.startswith("bundle_")]:
         with Extractor(str(data[f"bundle_{runtime}"]), threads=1) as ext:
             results[runtime] = ext(crops)
     np.savez(sys.argv[1] + ".child.npz", **results)
@@ -84,7 +85,12 @@ def bundles(tmp_path_factory) -> dict[str, Path]:
         shutil.copy(ort.file("model.onnx"), w.path / "model.onnx")
         save_openvino_ir(w.path / "model.onnx", w.path / "model.xml", fp16=False)
         w.manifest.update(keep, runtime="openvino")
-    return {"onnxruntime": ort.path, "openvino": w.out_dir}
+    out = {"onnxruntime": ort.path, "openvino": w.out_dir}
+    if importlib.util.find_spec("litert_torch") and importlib.util.find_spec("ai_edge_litert"):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            out["litert"] = export_bundle(root / "litert", width=0.25, res=0.5, target="litert").path
+    return out
 
 
 @pytest.fixture(scope="module")
@@ -127,6 +133,7 @@ def test_device_side_imports_and_runs_without_torch(bundles, no_torch_env, tmp_p
     assert report["torch_attempts_during_imports"] == 0, "a device-side module tried to import torch"
     assert not report["torch_in_sys_modules"]
     assert {"onnxruntime", "openvino"} <= set(report["available"])
+    assert set(bundles) <= set(report["available"])
     assert set(DEVICE_MODULES) - {"osnet_edge.calibration"} <= set(report["imported"])
     got = np.load(str(inputs) + ".child.npz")
     for runtime in bundles:

@@ -1,4 +1,4 @@
-"""``osnet-edge export``: OSNet (torchreid weights) as a deployable bundle for ONNX Runtime, OpenVINO or TensorRT."""
+"""``osnet-edge export``: OSNet (torchreid weights) as a deployable bundle for ONNX Runtime, OpenVINO, TensorRT or LiteRT."""
 from __future__ import annotations
 
 import argparse
@@ -17,6 +17,8 @@ examples:
   # a torchreid checkpoint to ONNX Runtime, checked against the torch model
   osnet-edge export --width 0.25 --res 0.5 --target onnxruntime \\
       --weights osnet_x0_25_msmt17.pth --out bundles/x025_r05
+  # LiteRT (TFLite + XNNPACK) for an ARM camera; the camera installs only osnet_edge[litert]
+  osnet-edge export --width 0.25 --res 0.5 --target litert --weights adapted_r05.pth
   # INT8 for OpenVINO, calibrated on your own person crops
   osnet-edge export --width 0.25 --target openvino --precision int8 \\
       --weights osnet_x0_25_msmt17.pth --calib crops/ --calib-size 300
@@ -35,11 +37,12 @@ def build_parser() -> Parser:
                         "multiples of 0.125 give sizes divisible by 16 (default 1.0)")
     p.add_argument("--variant", choices=["osnet", "ibn", "ain"], default="osnet",
                    help="osnet (plain), ibn (OSNet-IBN) or ain (OSNet-AIN) (default osnet)")
-    p.add_argument("--target", choices=["onnxruntime", "openvino", "tensorrt"], default="onnxruntime",
-                   help="runtime the bundle is for (default onnxruntime)")
+    p.add_argument("--target", choices=["onnxruntime", "openvino", "tensorrt", "litert"], default="onnxruntime",
+                   help="runtime the bundle is for: onnxruntime, openvino, tensorrt, or litert (TFLite + XNNPACK, "
+                        "the CPU runtime of ARM cameras) (default onnxruntime)")
     p.add_argument("--precision", choices=["fp32", "fp16", "bf16", "int8"], default="fp32",
-                   help="fp32; fp16 (host-converted ONNX / fp16 IR); bf16 (OpenVINO on CPUs with bf16); "
-                        "int8 (needs --calib) (default fp32)")
+                   help="fp32; fp16 (host-converted ONNX / fp16 IR / fp16 tflite weights); bf16 (OpenVINO on CPUs "
+                        "with bf16); int8 (needs --calib) (default fp32)")
     p.add_argument("--weights", metavar="PATH", help="torchreid checkpoint (.pth / .pth.tar), e.g. from the torchreid "
                    "model zoo: osnet_x0_25_market1501.pth, osnet_x0_25_msmt17.pth. Without it a RANDOMLY initialised "
                    "model is exported: only good for testing the pipeline. At --res < 1 use weights adapted to that "
@@ -98,12 +101,20 @@ def export(args: argparse.Namespace) -> int:
     from osnet_edge.models import input_size
 
     import importlib.util
-    needed = {"openvino": "openvino", "tensorrt": None, "onnxruntime": None}[args.target]
+    needed = {"openvino": "openvino", "tensorrt": None, "onnxruntime": None, "litert": "litert_torch"}[args.target]
     if args.precision == "int8":
-        needed = {"openvino": "nncf", "onnxruntime": "onnxruntime", "tensorrt": "onnxruntime"}[args.target]
+        needed = {"openvino": "nncf", "onnxruntime": "onnxruntime", "tensorrt": "onnxruntime",
+                  "litert": "ai_edge_quantizer"}[args.target]
+    elif args.target == "litert" and args.precision == "fp16":
+        needed = "ai_edge_quantizer"
     if needed and importlib.util.find_spec(needed) is None:
+        extra = "litert-export" if args.target == "litert" else "quantize"
         raise CliError(f"--target {args.target} --precision {args.precision} needs {needed} on this host: "
-                       "pip install -c constraints.txt 'osnet_edge[quantize]'")
+                       f"pip install -c constraints.txt 'osnet_edge[{extra}]'")
+    if args.target == "litert" and args.precision == "bf16":
+        raise CliError("--target litert has fp32, fp16 and int8 (bf16 is an OpenVINO CPU hint)")
+    if args.target == "litert" and args.min_cosine is not None:
+        raise CliError("--min-cosine (mixed precision) exists for the ONNX targets only; litert INT8 is full-integer")
     if args.weights and not os.path.isfile(args.weights):
         raise CliError(f"--weights {args.weights}: no such file")
     if args.calib and not os.path.isdir(args.calib):
