@@ -35,6 +35,15 @@ UNADAPTED_DROP = ("x0.25 Market-1501 checkpoint at res 0.5 on Market-1501: rank-
                   "mAP 77.4 -> 11.0 %")
 
 
+# The graph form each target gets (osnet_edge.models.merged has the exact stream-merged forms).
+# Measured, x0.25, 1 thread, batch 1 / 8, 128x64 and 256x128 (scripts/bench_graph_forms.py, LiteRT:
+# docs/benchmark.md): no merged form is faster where it matters. ONNX Runtime 0.82-1.05x at batch 1,
+# 0.67-0.87x at batch 8; OpenVINO 0.96-1.18x at batch 1, 0.68-0.97x at batch 8; LiteRT 0.86-0.96x
+# at batch 1. The plain graph keeps per-stream tensors in cache; the runtimes already fold BN and
+# fuse Conv+ReLU, so fewer nodes buy little. Every target therefore ships the plain graph.
+GRAPH_FORMS = {"onnxruntime": "plain", "openvino": "plain", "tensorrt": "plain", "litert": "plain"}
+
+
 class ExportError(RuntimeError):
     """Export could not produce a valid model (message says which step and why)."""
 
@@ -420,6 +429,7 @@ def export_bundle(out: str | os.PathLike, width: float = 1.0, res: float = 1.0, 
             "runtime": target, "precision": precision, "max_batch": max_batch,
             "calibration": calibration_info, "quantization": quant_report, "build": build or None,
             "versions": _versions(target), "opset": None if target == "litert" else opset,
+            "graph_form": GRAPH_FORMS[target],
         })
     assert w.bundle is not None
     return w.bundle

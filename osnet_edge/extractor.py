@@ -255,6 +255,8 @@ class Extractor:
 
     def __call__(self, crops: Any) -> np.ndarray:
         crops = as_crop_list(crops)
+        if 0 < len(crops) <= self.batch_size:  # one runtime call: no gathering copy (batch 1 is the camera's case)
+            return l2_normalize(np.array(self.infer_raw(self.model_input(crops)), dtype=np.float32))
         out = np.empty((len(crops), self.dim), dtype=np.float32)
         for start in range(0, len(crops), self.batch_size):
             chunk = crops[start:start + self.batch_size]
@@ -288,6 +290,9 @@ class Extractor:
 
 def l2_normalize(x: np.ndarray, eps: float = 1e-12) -> np.ndarray:
     """Row-wise L2 normalisation in place; an all-zero row stays zero (no NaN)."""
+    if len(x) == 1:  # the camera's batch of one: a dot product, 2x cheaper than the vectorised path
+        x *= np.float32(1.0 / max(float(np.sqrt(x[0] @ x[0])), eps))
+        return x
     norms = np.sqrt(np.einsum("ij,ij->i", x, x))[:, None]  # ~6x faster than np.linalg.norm on small batches
     np.maximum(norms, eps, out=norms)
     x /= norms

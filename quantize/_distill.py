@@ -117,8 +117,16 @@ class ActivationFakeQuant:
         return x + (q - x).detach()
 
 
+def _fixed_grid_hook(levels: int = 256):
+    """Sigmoid outputs on TFLite's fixed int8 grid (scale 1/256, zero point -128: k/256), straight-through."""
+    def hook(module, args, out):
+        q = _torch().clamp(_torch().round(out * levels), 0, levels - 1) / levels
+        return out + (q - out).detach()
+    return hook
+
+
 def _attach(model, symmetric: bool, placement: str = "conv", range_method: str = "minmax",
-            shift_nonnegative: bool = False, quantize_outputs: bool = True):
+            shift_nonnegative: bool = False, quantize_outputs: bool = True, fixed_sigmoid_grid: bool = False):
     """Fake-quantize ``model`` where the backend's QDQ graph has Q/DQ pairs (see
     ``quantize.onnxruntime.fp32_placement_nodes``): weights of the spatial convolutions, their
     inputs, and their outputs after BN(+ReLU). With ``placement="conv"`` the gate MLP, gate
@@ -135,7 +143,10 @@ def _attach(model, symmetric: bool, placement: str = "conv", range_method: str =
     everything = placement == "all"
     out_types = (Conv1x1Linear, ConvLayer, Conv1x1, LightConv3x3)
     if everything:
-        out_types += (ChannelGate, torch.nn.Sigmoid)
+        out_types += (ChannelGate,) if fixed_sigmoid_grid else (ChannelGate, torch.nn.Sigmoid)
+    if fixed_sigmoid_grid:
+        handles += [m.register_forward_hook(_fixed_grid_hook()) for m in model.modules()
+                    if isinstance(m, torch.nn.Sigmoid)]
     for name, m in model.named_modules():
         kept_fp32 = id(m) in gate_convs or isinstance(m, torch.nn.Linear)
         if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear)) and (everything or not kept_fp32):
@@ -176,7 +187,7 @@ def _augment(x, gen, jitter: float = 0.0):
 def distill(teacher, calib: np.ndarray, scheme: str, steps: int | None = None, batch_size: int = DEFAULT_BATCH,
             lr: float = DEFAULT_LR, seed: int = 0, progress: bool = True, recalibrate_every: int = 20,
             jitter: float = 0.0, placement: str = "conv", range_method: str = "minmax",
-            shift_nonnegative: bool = False, quantize_outputs: bool = True):
+            shift_nonnegative: bool = False, quantize_outputs: bool = True, fixed_sigmoid_grid: bool = False):
     """A copy of ``teacher`` trained to match it under simulated INT8; returns (student, info)."""
     torch = _torch()
     import torch.nn.functional as F
@@ -196,7 +207,7 @@ def distill(teacher, calib: np.ndarray, scheme: str, steps: int | None = None, b
         p.requires_grad_(True)
     fq, handles = _attach(student, symmetric=scheme == "int8 symmetric", placement=placement,
                           range_method=range_method, shift_nonnegative=shift_nonnegative,
-                          quantize_outputs=quantize_outputs)
+                          quantize_outputs=quantize_outputs, fixed_sigmoid_grid=fixed_sigmoid_grid)
     data = torch.from_numpy(np.ascontiguousarray(calib, dtype=np.float32))
 
     def calibrate() -> None:
@@ -239,7 +250,7 @@ def distill(teacher, calib: np.ndarray, scheme: str, steps: int | None = None, b
     for p in student.parameters():
         p.requires_grad_(False)
     info = {"steps": steps, "recalibrate_every": recalibrate_every, "jitter": jitter, "placement": placement, "range_method": range_method, "shift_nonnegative": shift_nonnegative,
-            "quantize_outputs": quantize_outputs, "batch_size": batch_size, "lr": lr, "seed": seed, "scheme": scheme,
+            "quantize_outputs": quantize_outputs, "fixed_sigmoid_grid": fixed_sigmoid_grid, "batch_size": batch_size, "lr": lr, "seed": seed, "scheme": scheme,
             "train_images": int(len(data)), "simulated_cosine_first": first, "simulated_cosine_last": last,
             "seconds": round(time.perf_counter() - t0, 1),
             "what": "quantization-aware distillation: weights fine-tuned under simulated INT8 to match the FP32 "

@@ -182,7 +182,7 @@ def quantize_from_torch(model, calibration_set, out_dir: str | Path, input_hw: t
             try:
                 student, distill_info = run_distill(model, calibration_set.float32(), ACTIVATION_SCHEME,
                                                     steps=distill_steps, seed=distill_seed, progress=progress,
-                                                    placement=PLACEMENT)
+                                                    placement=PLACEMENT, fixed_sigmoid_grid=True)
             finally:
                 torch.set_num_threads(threads)
             source = tmp / "distilled.tflite"

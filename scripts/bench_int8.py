@@ -1,8 +1,9 @@
 #!/usr/bin/env python3
 """INT8 vs FP32 latency per runtime, measured in one run on this machine (CPU flags recorded).
 
-For each width x resolution: FP32 and INT8 bundles for ONNX Runtime and OpenVINO, and the
-TensorRT-style QDQ ONNX (timed under ONNX Runtime CPU, as a stand-in: TensorRT itself needs a GPU).
+For each width x resolution: FP32 and INT8 bundles for ONNX Runtime, OpenVINO and LiteRT
+(full-integer, XNNPACK), and the TensorRT-style QDQ ONNX (timed under ONNX Runtime CPU, as a
+stand-in: TensorRT itself needs a GPU).
 Runs are interleaved (fp32, int8, fp32, int8, ...) so that load from other processes hits both
 alike; the ratio within one run is the figure to trust on a shared machine. Latency does not
 depend on distillation (same graph), so INT8 bundles here are plain PTQ.
@@ -21,7 +22,9 @@ from _cli import CliError, Parser, run  # noqa: E402
 
 def build_parser() -> Parser:
     p = Parser(description=__doc__.splitlines()[0])
-    p.add_argument("--width", type=float, nargs="+", default=[0.25, 1.0])
+    p.add_argument("--width", type=float, nargs="+", default=[0.25, 0.5, 1.0])
+    p.add_argument("--runtime", nargs="+", default=["onnxruntime", "openvino", "litert", "tensorrt"],
+                   choices=["onnxruntime", "openvino", "litert", "tensorrt"])
     p.add_argument("--res", type=float, nargs="+", default=[1.0, 0.5])
     p.add_argument("--batch", type=int, nargs="+", default=[1, 8])
     p.add_argument("--threads", type=int, default=None, help="runtime threads (default: runtime's choice)")
@@ -58,7 +61,8 @@ def main(argv=None) -> int:
           f"{', '.join(flags) or 'none'}")
     rows = []
     pairs = {"onnxruntime": ("onnxruntime", "onnxruntime"), "openvino": ("openvino", "openvino"),
-             "tensorrt(QDQ on ORT CPU)": ("tensorrt", "onnxruntime")}
+             "litert": ("litert", "litert"), "tensorrt(QDQ on ORT CPU)": ("tensorrt", "onnxruntime")}
+    pairs = {k: v for k, v in pairs.items() if v[0] in args.runtime}
     for width in args.width:
         for res in args.res:
             hw = input_size(res)

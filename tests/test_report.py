@@ -169,6 +169,18 @@ def test_budget_recommendation():
     assert "Not considered (no trained weights, accuracy unknown)" in rec_md
 
 
+def test_int8_slower_than_its_fp32_is_never_recommended():
+    """x0.25 INT8 is slower than FP32 on many CPUs: with more accuracy it would win the rule, but
+    is refused with the measured reason; the same INT8 faster than its FP32 stays eligible."""
+    slow = [cand("x0.25", 3.0, 50.0), cand("x0.25", 3.5, 50.2, precision="int8")]
+    rec = recommend(slow, budget_ms=5.0)
+    assert rec["choice"]["precision"] == "fp32"
+    why = {r["config"]: r["reason"] for r in rec["reasons"]}
+    assert why["x0.25 onnxruntime/int8"].startswith("INT8 slower than FP32 on this machine: p90 3.50 ms >= 3.00 ms")
+    fast = [cand("x0.25", 3.0, 50.0), cand("x0.25", 2.0, 50.2, precision="int8")]
+    assert recommend(fast, budget_ms=5.0)["choice"]["precision"] == "int8"
+
+
 def test_without_labels_shows_fidelity_and_says_why(tmp_path):
     data = synthetic_data(with_accuracy=False)
     paths = write_report(data, tmp_path, budget_ms=5.0)

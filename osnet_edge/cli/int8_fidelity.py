@@ -50,8 +50,8 @@ def build_parser() -> Parser:
     p.add_argument("--width", type=float, default=None, help="width multiplier (default: read from the checkpoint)")
     p.add_argument("--res", type=float, nargs="+", default=None,
                    help="resolution multipliers (default: the checkpoint's adaptation resolution, else 1.0)")
-    p.add_argument("--backend", nargs="+", default=["onnxruntime", "openvino", "tensorrt"],
-                   choices=["onnxruntime", "openvino", "tensorrt"])
+    p.add_argument("--backend", nargs="+", default=["onnxruntime", "openvino", "tensorrt", "litert"],
+                   choices=["onnxruntime", "openvino", "tensorrt", "litert"])
     p.add_argument("--protocol", nargs="+", default=None, choices=list(EVAL_PROTOCOLS),
                    help="evaluation protocols (default: market1501 when present, else the CUHK ones); all must "
                         "share one calibration split")

@@ -14,7 +14,7 @@ from .rows import weights_label
 MODES = ("extractor", "runtime")
 # Runtime name -> PyPI distributions whose version is recorded with its rows.
 RUNTIME_PACKAGES = {"onnxruntime": ("onnxruntime", "onnxruntime-gpu"), "openvino": ("openvino",),
-                    "tensorrt": ("tensorrt",)}
+                    "tensorrt": ("tensorrt",), "litert": ("ai-edge-litert",)}
 
 
 @dataclass(frozen=True)

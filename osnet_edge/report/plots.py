@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 PRECISION_COLOURS = {"fp32": "#1f77b4", "fp16": "#2ca02c", "bf16": "#9467bd", "int8": "#ff7f0e"}
-RUNTIME_MARKERS = {"onnxruntime": "o", "openvino": "s", "tensorrt": "^"}
+RUNTIME_MARKERS = {"onnxruntime": "o", "openvino": "s", "tensorrt": "^", "litert": "D"}
 PEER_COLOUR = "#555555"
 
 

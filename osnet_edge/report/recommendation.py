@@ -113,7 +113,9 @@ def recommend(candidates: Sequence[Mapping], budget_ms: float, stat: str = "p90"
     Accuracies within ``y_tol`` count as equal (one network on two runtimes differs only in
     float rounding) and then the faster one wins. Every other candidate gets the reason it
     lost; peers are judged by the same rule and reported beside the choice (not chosen: they
-    are what the user would deploy instead, so the report says when one is better).
+    are what the user would deploy instead, so the report says when one is better). An INT8
+    configuration measured slower than the FP32 of the same model on the same runtime is never
+    chosen: on CPUs without fast int8 paths it only costs accuracy.
     """
     if not budget_ms > 0:
         raise ValueError(f"budget must be a positive number of milliseconds, got {budget_ms!r}")
@@ -121,7 +123,9 @@ def recommend(candidates: Sequence[Mapping], budget_ms: float, stat: str = "p90"
         raise ValueError(f"stat must be 'p50' or 'p90', got {stat!r}")
     lat = f"latency_ms_{stat}"
     own = [c for c in candidates if not c.get("peer")]
-    fits = [c for c in own if c[lat] <= budget_ms]
+    fp32 = {(c["label"], c["runtime"]): c[lat] for c in own if c["precision"] == "fp32"}
+    slower_int8 = [c for c in own if c["precision"] == "int8" and c[lat] >= fp32.get((c["label"], c["runtime"]), 1e300)]
+    fits = [c for c in own if c[lat] <= budget_ms and not any(c is s for s in slower_int8)]
     choice = None
     if fits:
         best = max(c["y"] for c in fits)
@@ -131,7 +135,10 @@ def recommend(candidates: Sequence[Mapping], budget_ms: float, stat: str = "p90"
         if c is choice:
             continue
         name = f"{c['label']} {c['runtime']}/{c['precision']}"
-        if c[lat] > budget_ms:
+        if any(c is s for s in slower_int8):
+            why = (f"INT8 slower than FP32 on this machine: {stat} {c[lat]:.2f} ms >= "
+                   f"{fp32[(c['label'], c['runtime'])]:.2f} ms (no accuracy to gain)")
+        elif choice is None or c[lat] > budget_ms:
             why = f"over budget: {stat} {c[lat]:.2f} ms > {budget_ms:g} ms"
         elif c["y"] < choice["y"] - y_tol:
             why = f"less accurate: {metric_name} {c['y']:.1f} < {choice['y']:.1f}"
