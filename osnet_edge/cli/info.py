@@ -120,8 +120,16 @@ def _adaptation_line(record: Mapping[str, Any] | None) -> str:
 
 
 def _runtime_line(m: Mapping[str, Any]) -> str:
-    line = m["runtime"] + (f" (max batch {m['max_batch']})" if m.get("max_batch") else "")
     build = m.get("build")
+    if m["runtime"] == "litert":  # one .tflite, batch resized per call; what XNNPACK took of it
+        line = f"litert ({(m.get('model') or {}).get('input_layout', 'NHWC')} input, batch resized per call)"
+        xnn = (build or {}).get("xnnpack")
+        if xnn:
+            left = ", ".join(f"{k} x{v}" for k, v in xnn.get("undelegated_ops", {}).items())
+            line += (f"; XNNPACK takes {xnn['delegated']} of {xnn['nodes']} ops in {xnn['partitions']} partition(s)"
+                     + (f", left on reference kernels: {left}" if left else ""))
+        return line
+    line = m["runtime"] + (f" (max batch {m['max_batch']})" if m.get("max_batch") else "")
     if build:  # TensorRT: the engine is built on the device from the ONNX
         line += (f"; engine built on the device (osnet-edge build-engine): batch {build.get('min_batch')}.."
                  f"{build.get('max_batch')}, opt {build.get('opt_batch')}"
