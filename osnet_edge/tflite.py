@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import importlib.util
 import io
 import logging
 import os
@@ -258,7 +259,8 @@ def to_tflite(model: nn.Module, path: str | os.PathLike, input_hw: tuple[int, in
     normalised RGB, or uint8 BGR with ``fuse_preprocess``), (1, 512) float32 output. The runtime
     resizes the batch per call. ``for_int8``: the file will be quantized (no all-zero channels).
     Returns what was done (for the manifest)."""
-    litert_torch = _litert_torch()
+    if importlib.util.find_spec("litert_torch") is None:
+        raise ImportError("the litert target converts with litert-torch: pip install 'osnet_edge[litert-export]'")
     model = copy.deepcopy(model).eval()
     folded = fold_batchnorm(model)
     conditioned = condition_weights(model, for_int8)
@@ -269,18 +271,51 @@ def to_tflite(model: nn.Module, path: str | os.PathLike, input_hw: tuple[int, in
     net = (ChannelsLastUint8(model) if fuse_preprocess else ChannelsLast(model)).eval()
     h, w = input_hw
     example = (torch.zeros(1, h, w, 3, dtype=torch.uint8) if fuse_preprocess else torch.zeros(1, h, w, 3))
-    path = Path(path)
-    try:
-        with _quiet(), torch.no_grad():
-            edge = litert_torch.convert(net, (example,))
-            edge.export(str(path))
-    except Exception as exc:
-        raise RuntimeError(f"litert-torch could not convert the model: {str(exc).splitlines()[0]}") from exc
+    convert_in_subprocess(net, example, Path(path))
     return {"converter": "litert-torch", "input_layout": "NHWC uint8" if fuse_preprocess else "NHWC float32",
             "batch": "static 1 in the file, resized by the runtime per call",
             "rewrites": {"batchnorm_folded": folded, **conditioned,
                          "average_pool_as_depthwise_conv": pools, "max_pool_zero_padded": max_pools,
                          "bgr_folded_into_first_conv": bool(fuse_preprocess)}}
+
+
+_CHILD = """
+import sys, torch
+sys.path[:0] = [p for p in sys.argv[4:]]
+from osnet_edge.tflite import _convert_here
+net = torch.load(sys.argv[1], weights_only=False)
+example = torch.load(sys.argv[2])
+_convert_here(net, example, sys.argv[3])
+"""
+
+
+def convert_in_subprocess(net: nn.Module, example: torch.Tensor, path: Path) -> None:
+    """litert-torch in a child process. It imports JAX, whose threads make any later ``fork`` of the
+    host process (multiprocessing, some exporters) deadlock-prone, and its C++ parts log to fd 2; the
+    host never imports it. The prepared module travels as a torch pickle of this package's classes."""
+    import subprocess
+    import sys
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="osnet_edge_tflite_") as tmp:
+        torch.save(net, os.path.join(tmp, "net.pt"))
+        torch.save(example, os.path.join(tmp, "example.pt"))
+        env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+        root = [p for p in sys.path if p]  # the same osnet_edge (a checkout or an install) in the child
+        res = subprocess.run([sys.executable, "-c", _CHILD, os.path.join(tmp, "net.pt"), os.path.join(tmp, "example.pt"),
+                              str(path), *root], capture_output=True, text=True, env=env)
+    if res.returncode != 0 or not path.is_file():
+        lines = [ln for ln in res.stderr.strip().splitlines() if ln.strip()]
+        reason = next((ln for ln in reversed(lines) if "Error" in ln or "error" in ln), lines[-1] if lines else "no output")
+        raise RuntimeError(f"litert-torch could not convert the model: {reason}")
+
+
+def _convert_here(net: nn.Module, example: torch.Tensor, path: str) -> None:
+    """The conversion itself (run by :func:`convert_in_subprocess`'s child)."""
+    litert_torch = _litert_torch()
+    with _quiet(), torch.no_grad():
+        edge = litert_torch.convert(net.eval(), (example,))
+        edge.export(str(path))
 
 
 def litert_versions() -> dict[str, str]:

@@ -16,4 +16,16 @@ if os.path.dirname(os.path.abspath(getattr(sys.modules.get("profile"), "__file__
 
 from osnet_edge.cli.common import CliError, Parser, run  # noqa: E402
 
-__all__ = ["CliError", "Parser", "run"]
+__all__ = ["CliError", "Parser", "run", "calibration_dir"]
+
+
+def calibration_dir(explicit: str | None, shared_subdir: str) -> str:
+    """The benchmarks' calibration crops: ``--calib`` when given, else ``shared_subdir`` of the shared data."""
+    if explicit is not None:
+        return explicit
+    from osnet_edge.data import shared_data_dir
+
+    data = shared_data_dir()
+    if data is None:
+        raise CliError("--calib DIR needed (shared data not found)")
+    return str(data / shared_subdir)

@@ -17,7 +17,7 @@ import sys
 import warnings
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _cli import CliError, Parser, run  # noqa: E402
+from _cli import Parser, calibration_dir, run  # noqa: E402
 
 
 def build_parser() -> Parser:
@@ -42,7 +42,6 @@ def main(argv=None) -> int:
     import numpy as np
 
     from osnet_edge.calibration import CalibrationSet
-    from osnet_edge.data import shared_data_dir
     from osnet_edge.export import export_bundle
     from osnet_edge.extractor import Extractor
     from osnet_edge.models import input_size
@@ -50,12 +49,7 @@ def main(argv=None) -> int:
     from osnet_edge.samples import synthetic_crops
     from osnet_edge.verify import time_call
 
-    calib_dir = args.calib
-    if calib_dir is None:
-        data = shared_data_dir()
-        if data is None:
-            raise CliError("--calib DIR needed (shared data not found)")
-        calib_dir = str(data / "cuhk03" / "detected" / "train")
+    calib_dir = calibration_dir(args.calib, "cuhk03/detected/train")
     flags = cpu_int8_flags()
     print(f"CPU: {platform.processor() or platform.machine()}, {os.cpu_count()} cores; INT8-relevant flags: "
           f"{', '.join(flags) or 'none'}")

@@ -16,7 +16,7 @@ import warnings
 from pathlib import Path
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _cli import CliError, Parser, run  # noqa: E402
+from _cli import Parser, calibration_dir, run  # noqa: E402
 
 CANDIDATES = {"ort fp32": ("onnxruntime", "fp32", {}),
               "ort int8 conv": ("onnxruntime", "int8", {"placement": "conv"}),
@@ -46,7 +46,6 @@ def main(argv=None) -> int:
     import numpy as np
 
     from osnet_edge.calibration import CalibrationSet
-    from osnet_edge.data import shared_data_dir
     from osnet_edge.export import export_bundle
     from osnet_edge.extractor import Extractor
     from osnet_edge.machine import machine_summary
@@ -54,12 +53,7 @@ def main(argv=None) -> int:
     from osnet_edge.samples import synthetic_crops
     from osnet_edge.verify import time_call
 
-    calib_dir = args.calib
-    if calib_dir is None:
-        data = shared_data_dir()
-        if data is None:
-            raise CliError("--calib DIR needed (shared data not found)")
-        calib_dir = str(data / "market1501" / "bounding_box_train")
+    calib_dir = calibration_dir(args.calib, "market1501/bounding_box_train")
     hw = input_size(args.res)
     calib = CalibrationSet.from_folder(calib_dir, input_size=hw, max_images=64)
     work = Path(args.work) / f"x{args.width:g}_r{args.res:g}"

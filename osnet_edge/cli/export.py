@@ -56,6 +56,11 @@ def build_parser() -> Parser:
     p.add_argument("--calib-method", default=None, metavar="M",
                    help="activation ranges: minmax | entropy | percentile | mse (all backends; default minmax), "
                         "or for openvino an NNCF preset: mixed | performance")
+    p.add_argument("--int8-placement", choices=["conv", "all", "auto"], default=None,
+                   help="INT8 Q/DQ placement (onnxruntime, openvino): conv = spatial convolutions only (default), "
+                        "all = every op the quantizer knows, auto = quantize with each, time each against FP32 on "
+                        "this machine and keep the fastest that meets the fidelity target (cosine mean 0.998 / "
+                        "p1 0.995, or --min-cosine); the table goes into the manifest. auto quantizes twice")
     p.add_argument("--min-cosine", type=float, default=None, metavar="X",
                    help="INT8: keep the most sensitive layers in fp32 until mean cosine vs fp32 >= X")
     p.add_argument("--out", metavar="DIR", help="bundle directory (default bundles/<variant>_x<w>_r<res>_<target>_<precision>, "
@@ -144,6 +149,10 @@ def export(args: argparse.Namespace) -> int:
     quant = {}
     if args.min_cosine is not None:
         quant["min_cosine"] = args.min_cosine
+    if args.int8_placement is not None:
+        if args.precision != "int8" or args.target not in ("onnxruntime", "openvino"):
+            raise CliError("--int8-placement applies to --precision int8 on --target onnxruntime or openvino")
+        quant["placement"] = args.int8_placement
     bundle = export_bundle(out, width=args.width, res=args.res, variant=args.variant, target=args.target,
                            precision=args.precision, weights=args.weights, fuse_preprocess=args.fuse_preprocess,
                            max_batch=args.max_batch, calibration=calibration, calib_method=args.calib_method,
@@ -162,6 +171,12 @@ def export(args: argparse.Namespace) -> int:
         f = q["fidelity"]
         print(f"int8 fidelity on {f.get('num_images')} held-out crops: cosine mean {f['cosine_mean']:.4f} "
               f"p1 {f['cosine_p1']:.4f}")
+    search = q.get("placement_search")
+    if search:
+        for r in search["candidates"]:
+            mark = "  <- chosen" if r["placement"] == search["chosen"] else ""
+            print(f"  placement {r['placement']:5s} cosine {r['cosine_mean']:.4f} / p1 {r['cosine_p1']:.4f}  int8 "
+                  f"{r['int8_ms']} ms vs fp32 {r['fp32_ms']} ms (x{r['speedup']}){mark}")
     if args.target == "tensorrt":
         print("TensorRT: the engine is built on the device at first load (engines are not portable between "
               "GPUs or TensorRT versions) and cached next to the bundle. To pre-build at provisioning: "
