@@ -98,6 +98,11 @@ class Bundle:
         return bool(self.manifest["preprocess"].get("fused", False))
 
     @property
+    def channels_last(self) -> bool:
+        """The model input is NHWC (LiteRT bundles; fused uint8 crops), else NCHW."""
+        return str(self.manifest["model"].get("input_layout", "")).startswith("NHWC")
+
+    @property
     def max_batch(self) -> int | None:
         return self.manifest.get("max_batch")
 

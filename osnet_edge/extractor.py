@@ -193,8 +193,8 @@ class Extractor:
         max_batch = self.bundle.max_batch
         self.batch_size = min(batch_size, max_batch) if max_batch else batch_size
         self.fused = self.bundle.fused_preprocess
-        layout = "NHWC" if self.bundle.manifest["model"].get("input_layout", "").startswith("NHWC") else "NCHW"
-        self._normalize = None if self.fused else Normalizer(pre["mean"], pre["std"], color=self.color, layout=layout)
+        self._normalize = None if self.fused else Normalizer(pre["mean"], pre["std"], color=self.color,
+                                                             layout="NHWC" if self.bundle.channels_last else "NCHW")
         self._lock = threading.Lock()
 
     # -- facts -------------------------------------------------------------------------
@@ -255,8 +255,6 @@ class Extractor:
 
     def __call__(self, crops: Any) -> np.ndarray:
         crops = as_crop_list(crops)
-        if 0 < len(crops) <= self.batch_size:  # one runtime call: no gathering copy (batch 1 is the camera's case)
-            return l2_normalize(np.array(self.infer_raw(self.model_input(crops)), dtype=np.float32))
         out = np.empty((len(crops), self.dim), dtype=np.float32)
         for start in range(0, len(crops), self.batch_size):
             chunk = crops[start:start + self.batch_size]

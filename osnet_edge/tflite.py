@@ -8,9 +8,9 @@ the graph and the BGR -> RGB swap is folded into the first convolution's weights
 
 Before conversion BatchNorm is folded into the convolutions here (float64), and folded weights
 below 1e-30 are zeroed (the rule of the ONNX export: their products underflow to denormals that
-x86 computes in microcode; they change no output). For INT8, an output channel whose weights are
-all zero gets one weight of 1e-20 (output unchanged to float32 precision): a zero channel has a
-zero quantization scale, which the quantizer divides by.
+x86 computes in microcode; they change no output). For INT8, each output channel's largest weight
+is raised to at least 1e-4 x |its bias| (1e-20 for a zero channel without bias): a zero or tiny
+weight scale makes the quantizer divide by zero or overflow TFLite's int32 bias.
 
 Exact rewrites applied before conversion, so that every op stays on XNNPACK:
 * 2x2/stride-2 average pools (OSNet's transition layers) -> depthwise 2x2 convolutions with
@@ -36,9 +36,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .export import NEGLIGIBLE_WEIGHT
 from .preprocess import IMAGENET_MEAN, IMAGENET_STD
 
 MODEL_FILE = "model.tflite"
+_NO_CONVERTER = "the litert target converts with litert-torch: pip install 'osnet_edge[litert-export]'"
 
 
 def _litert_torch():
@@ -47,7 +49,7 @@ def _litert_torch():
         with _quiet():
             import litert_torch
     except ImportError as exc:
-        raise ImportError("the litert target converts with litert-torch: pip install 'osnet_edge[litert-export]'") from exc
+        raise ImportError(_NO_CONVERTER) from exc
     return litert_torch
 
 
@@ -145,8 +147,8 @@ def fold_batchnorm(model: nn.Module) -> int:
 INT8_WEIGHT_FLOOR = 1e-4
 
 
-def condition_weights(model: nn.Module, for_int8: bool, negligible: float = 1e-30) -> dict[str, int]:
-    """In place: zero |w| < ``negligible``. For INT8, raise the largest weight of each output channel
+def condition_weights(model: nn.Module, for_int8: bool, negligible: float = NEGLIGIBLE_WEIGHT) -> dict[str, int]:
+    """In place: zero |w| < ``negligible`` (the ONNX export's rule). For INT8, raise the largest weight of each output channel
     to at least INT8_WEIGHT_FLOOR x |bias| (1e-20 for an all-zero channel without bias): a zero or
     tiny weight scale makes the quantizer divide by zero or overflow the int32 bias."""
     flushed = raised = 0
@@ -259,8 +261,8 @@ def to_tflite(model: nn.Module, path: str | os.PathLike, input_hw: tuple[int, in
     normalised RGB, or uint8 BGR with ``fuse_preprocess``), (1, 512) float32 output. The runtime
     resizes the batch per call. ``for_int8``: the file will be quantized (no all-zero channels).
     Returns what was done (for the manifest)."""
-    if importlib.util.find_spec("litert_torch") is None:
-        raise ImportError("the litert target converts with litert-torch: pip install 'osnet_edge[litert-export]'")
+    if importlib.util.find_spec("litert_torch") is None:  # the conversion runs in a child: say it here
+        raise ImportError(_NO_CONVERTER)
     model = copy.deepcopy(model).eval()
     folded = fold_batchnorm(model)
     conditioned = condition_weights(model, for_int8)

@@ -258,11 +258,22 @@ def distill(teacher, calib: np.ndarray, scheme: str, steps: int | None = None, b
     return student.eval(), info
 
 
+def distill_on_training_threads(teacher, calib: np.ndarray, scheme: str, **kw: Any):
+    """:func:`distill` with torch on :func:`training_threads` (the caller's count restored after)."""
+    torch = _torch()
+    threads = torch.get_num_threads()
+    torch.set_num_threads(training_threads())
+    try:
+        return distill(teacher, calib, scheme, **kw)
+    finally:
+        torch.set_num_threads(threads)
+
+
 def distill_to_onnx(torch_model, calibration_set, fp32_onnx: str | os.PathLike, out_onnx: str | os.PathLike,
                     scheme: str, steps: int | None = None, seed: int = 0, progress: bool = True,
                     **kw: Any) -> tuple[Path, dict]:
     """Distill and export the student like ``fp32_onnx`` (same input size, layout, opset)."""
-    torch = _torch()
+    _torch()  # fail early, naming the extra, when torch is absent
     import onnx
 
     from osnet_edge.export import to_onnx
@@ -287,11 +298,8 @@ def distill_to_onnx(torch_model, calibration_set, fp32_onnx: str | os.PathLike, 
         info = json.loads(cached.with_suffix(".json").read_text())
         info["cache"] = "hit"
         return Path(out_onnx), info
-    threads = torch.get_num_threads()
-    torch.set_num_threads(training_threads())
-    student, info = distill(torch_model, calibration_set.float32(), scheme, steps=steps, seed=seed,
-                            progress=progress, **kw)
-    torch.set_num_threads(threads)
+    student, info = distill_on_training_threads(torch_model, calibration_set.float32(), scheme, steps=steps,
+                                                seed=seed, progress=progress, **kw)
     to_onnx(student, out_onnx, calibration_set.input_size, opset=opset, fuse_preprocess=fused)
     if cached is not None:
         try:

@@ -173,18 +173,11 @@ def quantize_from_torch(model, calibration_set, out_dir: str | Path, input_hw: t
         reference = run_batches(fp32_runner(str(fp32_path)), fid_input)
         source, distill_info = fp32_path, None
         if distill:
-            from ._distill import distill as run_distill, training_threads
+            from ._distill import distill_on_training_threads
 
-            import torch
-
-            threads = torch.get_num_threads()
-            torch.set_num_threads(training_threads())
-            try:
-                student, distill_info = run_distill(model, calibration_set.float32(), ACTIVATION_SCHEME,
-                                                    steps=distill_steps, seed=distill_seed, progress=progress,
-                                                    placement=PLACEMENT, fixed_sigmoid_grid=True)
-            finally:
-                torch.set_num_threads(threads)
+            student, distill_info = distill_on_training_threads(
+                model, calibration_set.float32(), ACTIVATION_SCHEME, steps=distill_steps, seed=distill_seed,
+                progress=progress, placement=PLACEMENT, fixed_sigmoid_grid=True)
             source = tmp / "distilled.tflite"
             to_tflite(student, source, input_hw, fuse_preprocess=fuse_preprocess, for_int8=True)
         work = tmp / "q0"

@@ -106,8 +106,8 @@ class OpenVinoRuntime:
         # what the plugin settled on (the hint or its default), not what was asked; CPU only
         self.threads = int(self.compiled.get_property("INFERENCE_NUM_THREADS")) if self.device.startswith("CPU") else None
         self.request = self.compiled.create_infer_request()
-        self._core, self._xml, self._weights, self._config = core, xml, weights, config
-        self._static: dict[int, Any] = {}   # batch -> infer request of a static-shape model, most recent last
+        self._core, self._model, self._config = core, model, config
+        self._static: dict[int, Any] = {}   # batch -> infer request of a static-shape model
         self.static_batch = bool(static_batch) and model.input(0).get_partial_shape()[0].is_dynamic
         if self.static_batch:
             self._static_request(1)
@@ -117,7 +117,7 @@ class OpenVinoRuntime:
         than STATIC_SHAPES + 1 exist); None: use the dynamic model."""
         request = self._static.get(n)
         if request is None and len(self._static) <= STATIC_SHAPES:
-            model = self._core.read_model(self._xml, self._weights)
+            model = self._model.clone()  # the model read at load, not the files again
             shape = model.input(0).get_partial_shape()
             shape[0] = n
             model.reshape({model.input(0): shape})

@@ -47,8 +47,7 @@ class TorchRuntime:
         self.device = device
         self.fused = bundle.fused_preprocess if fused_preprocess is None and bundle is not None else bool(fused_preprocess)
         # LiteRT bundles take normalised NHWC float32: the same input, channels last
-        layout = bundle.manifest["model"].get("input_layout", "") if bundle is not None else ""
-        self.channels_last = not self.fused and layout.startswith("NHWC")
+        self.channels_last = not self.fused and bundle is not None and bundle.channels_last
 
     @staticmethod
     def _model_from_bundle(bundle: "Bundle"):

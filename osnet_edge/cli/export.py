@@ -116,10 +116,15 @@ def export(args: argparse.Namespace) -> int:
         extra = "litert-export" if args.target == "litert" else "quantize"
         raise CliError(f"--target {args.target} --precision {args.precision} needs {needed} on this host: "
                        f"pip install -c constraints.txt 'osnet_edge[{extra}]'")
-    if args.target == "litert" and args.precision == "bf16":
-        raise CliError("--target litert has fp32, fp16 and int8 (bf16 is an OpenVINO CPU hint)")
+    from osnet_edge.export import TARGET_PRECISIONS
+
+    if args.precision not in TARGET_PRECISIONS[args.target]:  # before any work (export_bundle says the same)
+        raise CliError(f"--target {args.target} supports --precision {', '.join(TARGET_PRECISIONS[args.target])}, "
+                       f"not {args.precision}")
     if args.target == "litert" and args.min_cosine is not None:
         raise CliError("--min-cosine (mixed precision) exists for the ONNX targets only; litert INT8 is full-integer")
+    if args.int8_placement is not None and (args.precision != "int8" or args.target not in ("onnxruntime", "openvino")):
+        raise CliError("--int8-placement applies to --precision int8 on --target onnxruntime or openvino")
     if args.weights and not os.path.isfile(args.weights):
         raise CliError(f"--weights {args.weights}: no such file")
     if args.calib and not os.path.isdir(args.calib):
@@ -150,8 +155,6 @@ def export(args: argparse.Namespace) -> int:
     if args.min_cosine is not None:
         quant["min_cosine"] = args.min_cosine
     if args.int8_placement is not None:
-        if args.precision != "int8" or args.target not in ("onnxruntime", "openvino"):
-            raise CliError("--int8-placement applies to --precision int8 on --target onnxruntime or openvino")
         quant["placement"] = args.int8_placement
     bundle = export_bundle(out, width=args.width, res=args.res, variant=args.variant, target=args.target,
                            precision=args.precision, weights=args.weights, fuse_preprocess=args.fuse_preprocess,

@@ -124,8 +124,9 @@ def recommend(candidates: Sequence[Mapping], budget_ms: float, stat: str = "p90"
     lat = f"latency_ms_{stat}"
     own = [c for c in candidates if not c.get("peer")]
     fp32 = {(c["label"], c["runtime"]): c[lat] for c in own if c["precision"] == "fp32"}
-    slower_int8 = [c for c in own if c["precision"] == "int8" and c[lat] >= fp32.get((c["label"], c["runtime"]), 1e300)]
-    fits = [c for c in own if c[lat] <= budget_ms and not any(c is s for s in slower_int8)]
+    slower_int8 = {id(c) for c in own if c["precision"] == "int8"
+                   and c[lat] >= fp32.get((c["label"], c["runtime"]), float("inf"))}
+    fits = [c for c in own if c[lat] <= budget_ms and id(c) not in slower_int8]
     choice = None
     if fits:
         best = max(c["y"] for c in fits)
@@ -135,7 +136,7 @@ def recommend(candidates: Sequence[Mapping], budget_ms: float, stat: str = "p90"
         if c is choice:
             continue
         name = f"{c['label']} {c['runtime']}/{c['precision']}"
-        if any(c is s for s in slower_int8):
+        if id(c) in slower_int8:
             why = (f"INT8 slower than FP32 on this machine: {stat} {c[lat]:.2f} ms >= "
                    f"{fp32[(c['label'], c['runtime'])]:.2f} ms (no accuracy to gain)")
         elif choice is None or c[lat] > budget_ms:
