@@ -20,6 +20,7 @@ __all__ = [
     "cuhk01_test", "adaptation_samples", "assert_disjoint", "EVAL_PROTOCOLS",
     "CUHK01_PID_OFFSET", "CUHK01_CAMID_OFFSET", "market1501_eval", "market1501_train",
     "TRAIN_SPLITS", "protocol_available", "assert_disjoint_from_protocols", "default_protocols",
+    "refuse_evaluation_folder",
 ]
 
 PathLike = Union[str, "os.PathLike[str]"]
@@ -316,6 +317,41 @@ def assert_disjoint_from_protocols(samples: Iterable[Union[Sample, PathLike]],
             assert_disjoint(samples, query + gallery)
         except ValueError as exc:
             raise ValueError(f"images overlap evaluation protocol {name!r}: {exc}") from None
+
+
+
+# Evaluation folders recognised by their own layout, wherever they are (a fresh clone has no shared data
+# to compare file lists with): Market-1501's test splits, CUHK03's val split, CUHK01's test identities.
+_MARKET1501_EVAL_DIRS = ("query", "bounding_box_test", "gt_bbox", "gt_query")
+
+
+def _evaluation_folder_reason(folder: Path, files: list[str]) -> Optional[str]:
+    """Why ``folder`` (holding image ``files``) is an evaluation split, or None."""
+    named = [n for n in files if n.lower().endswith((".jpg", ".jpeg", ".png"))]
+    if folder.name in _MARKET1501_EVAL_DIRS and any(parse_market1501(n) for n in named):
+        return (f"{folder} is Market-1501's {folder.name}/ split (evaluation images); calibrate on "
+                "bounding_box_train/")
+    if folder.name in ("val", "test") and folder.parent.name in ("detected", "labeled") and \
+            any(NAMINGS["cuhk03"](n) for n in named):
+        return f"{folder} is CUHK03's {folder.name} split (evaluation images); calibrate on detected/train/"
+    test_ids = [n for n in named if (parsed := NAMINGS["cuhk01"](n)) and
+                CUHK01_TEST_PIDS[0] <= parsed[0] <= CUHK01_TEST_PIDS[1]]
+    if folder.name == "campus" and test_ids:
+        return (f"{folder} holds CUHK01's test identities {CUHK01_TEST_PIDS[0]:04d}-{CUHK01_TEST_PIDS[1]:04d} "
+                f"({len(test_ids)} images); calibrate on ids {CUHK01_ADAPT_PIDS[0]:04d}-{CUHK01_ADAPT_PIDS[1]:04d} only")
+    return None
+
+
+def refuse_evaluation_folder(folder: PathLike) -> None:
+    """Raise ValueError when ``folder`` is, or contains, an evaluation split recognised by its layout
+    (Market-1501 query/ bounding_box_test/, CUHK03 val/, CUHK01 test ids), wherever it lies. The
+    calibration and adaptation entry points run this first, then :func:`assert_disjoint_from_protocols`
+    against the shared data's file lists where those are present."""
+    for root, dirs, files in os.walk(folder):
+        dirs.sort()
+        reason = _evaluation_folder_reason(Path(root), files)
+        if reason:
+            raise ValueError(reason)
 
 
 # Which images calibration / adaptation read for each evaluation protocol; each function already

@@ -27,6 +27,10 @@ class OddInputSizeWarning(OsnetEdgeWarning):
     """A resolution whose input size is not a multiple of the network's stride (16)."""
 
 
+class Int8SlowerWarning(OsnetEdgeWarning):
+    """INT8 ran slower than FP32 at batch 1 on the exporting machine: prefer fp32/fp16 there."""
+
+
 def random_weights_advice() -> str:
     """What to do instead of exporting random weights (shared by export, load and the CLI)."""
     return ("its embeddings are meaningless for re-identification (any two people score about the same); "
@@ -35,4 +39,4 @@ def random_weights_advice() -> str:
 
 
 __all__ = ["OsnetEdgeWarning", "RandomWeightsWarning", "UnadaptedResolutionWarning", "OddInputSizeWarning",
-           "ZOO_CHECKPOINTS", "random_weights_advice"]
+           "Int8SlowerWarning", "ZOO_CHECKPOINTS", "random_weights_advice"]

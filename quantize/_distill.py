@@ -276,7 +276,7 @@ def distill_to_onnx(torch_model, calibration_set, fp32_onnx: str | os.PathLike, 
     _torch()  # fail early, naming the extra, when torch is absent
     import onnx
 
-    from osnet_edge.export import to_onnx
+    from osnet_edge.export.onnx import to_onnx
 
     import hashlib
     import json

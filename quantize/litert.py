@@ -1,7 +1,7 @@
 """LiteRT full-integer INT8 (and fp16 weights) for the litert target, with ai-edge-quantizer.
 
 Unlike the ONNX backends, the source here is the torch model: litert-torch converts it to a
-float .tflite (osnet_edge.tflite), and ai-edge-quantizer's static recipe (int8 weights symmetric
+float .tflite (osnet_edge.export.tflite), and ai-edge-quantizer's static recipe (int8 weights symmetric
 per output channel, int8 asymmetric activations; TFLite's int8 scheme) calibrates every tensor's
 MinMax range on the project's calibration crops. Trained weights first go through the shared
 quantization-aware distillation: TFLite's int8 asymmetric activations have the same grid as the
@@ -12,15 +12,14 @@ its input and dequantizes its output with the file's own parameters, so callers 
 """
 from __future__ import annotations
 
-import contextlib
-import io
 import sys
 import time
-import warnings
 from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
+
+from osnet_edge.quiet import converter_output_silenced
 
 RUNTIME = "litert"
 MODEL_FILES = ("model.tflite",)
@@ -41,13 +40,9 @@ def _imports():
     return quantizer, recipe, Interpreter
 
 
-@contextlib.contextmanager
 def _quiet():
     """ai-edge-quantizer prints progress bars and a size report per call."""
-    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()), \
-            contextlib.redirect_stderr(io.StringIO()):
-        warnings.simplefilter("ignore")
-        yield
+    return converter_output_silenced(stderr=True)
 
 
 def to_model_input(x: np.ndarray) -> np.ndarray:
@@ -148,10 +143,11 @@ def quantize_from_torch(model, calibration_set, out_dir: str | Path, input_hw: t
     backends (cosine INT8 vs the fp32 .tflite on held-out crops) and the INT8-vs-FP32 latency."""
     import tempfile
 
-    from osnet_edge.tflite import to_tflite
+    from osnet_edge.export.tflite import to_tflite
 
-    from . import (DEFAULT_FIDELITY_IMAGES, QuantizationResult, _fidelity_data, compare_latency,
-                   fidelity_report, run_batches, warn_if_int8_slower)
+    from .api import QuantizationResult
+    from .fidelity import DEFAULT_FIDELITY_IMAGES, fidelity_data, fidelity_report, run_batches
+    from .latency import compare_latency, warn_if_int8_slower
 
     if method not in (None, *METHODS):
         raise ValueError(f"litert calibration method must be one of {METHODS}, got {method!r}")
@@ -163,7 +159,7 @@ def quantize_from_torch(model, calibration_set, out_dir: str | Path, input_hw: t
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     calib = to_model_input(calibration_set.model_input(fused=fuse_preprocess))
-    fid_input, fid_info = _fidelity_data(calibration_set, fidelity_set, fidelity_images or DEFAULT_FIDELITY_IMAGES,
+    fid_input, fid_info = fidelity_data(calibration_set, fidelity_set, fidelity_images or DEFAULT_FIDELITY_IMAGES,
                                          fuse_preprocess)
     fid_input = to_model_input(fid_input)
     with tempfile.TemporaryDirectory(prefix="osnet_edge_litert_") as tmp:

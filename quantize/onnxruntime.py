@@ -6,15 +6,13 @@ integer kernels (VNNI / AVX2 / NEON dot products) at load. ``tensorrt.py`` reuse
 """
 from __future__ import annotations
 
-import contextlib
-import io
-import logging
 import os
-import warnings
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import numpy as np
+
+from osnet_edge.quiet import converter_output_silenced
 
 RUNTIME = "onnxruntime"
 MODEL_FILES = ("model.onnx",)
@@ -37,18 +35,9 @@ def _ort_quant():
     return quantization
 
 
-@contextlib.contextmanager
 def _quiet():
-    """ORT's quantizer prints histograms and logs warnings per tensor; keep the console readable."""
-    root = logging.getLogger()
-    level = root.level
-    root.setLevel(logging.ERROR)
-    try:
-        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
-            warnings.simplefilter("ignore")
-            yield
-    finally:
-        root.setLevel(level)
+    """ORT's quantizer prints histograms and logs warnings per tensor (to the root logger)."""
+    return converter_output_silenced(loggers=("",))
 
 
 def prepare(src: str | os.PathLike, dst: str | os.PathLike) -> Path:

@@ -11,14 +11,12 @@ The OpenVINO CPU plugin turns FakeQuantize into int8 kernels (VNNI / AMX / AVX2)
 """
 from __future__ import annotations
 
-import contextlib
-import io
-import logging
-import warnings
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import numpy as np
+
+from osnet_edge.quiet import converter_output_silenced
 
 RUNTIME = "openvino"
 MODEL_FILES = ("model.xml", "model.bin")
@@ -76,19 +74,12 @@ def quantize_model(src_onnx: str, calib: np.ndarray, work: Path, method: str = "
         ignored = nncf.IgnoredScope(names=ov_names_for(model, exclude))
     preset = {"mixed": nncf.QuantizationPreset.MIXED, "performance": nncf.QuantizationPreset.PERFORMANCE}[method]
     batches = [calib[i:i + batch_size] for i in range(0, len(calib), batch_size)]
-    nncf_log = logging.getLogger("nncf")
-    level = nncf_log.level
-    nncf_log.setLevel(logging.ERROR)
-    try:
-        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
-            warnings.simplefilter("ignore")
-            qmodel = nncf.quantize(
-                model, nncf.Dataset(batches), preset=preset, subset_size=len(batches),
-                fast_bias_correction=bias_correction == "fast", ignored_scope=ignored,
-                advanced_parameters=AdvancedQuantizationParameters(
-                    disable_bias_correction=bias_correction == "none"))
-    finally:
-        nncf_log.setLevel(level)
+    with converter_output_silenced(loggers=("nncf",)):
+        qmodel = nncf.quantize(
+            model, nncf.Dataset(batches), preset=preset, subset_size=len(batches),
+            fast_bias_correction=bias_correction == "fast", ignored_scope=ignored,
+            advanced_parameters=AdvancedQuantizationParameters(
+                disable_bias_correction=bias_correction == "none"))
     ov.save_model(qmodel, str(work / "model.xml"), compress_to_fp16=False)
     return {"num_quantizable": n_quantizable,
             "options": {"preset": method, "bias_correction": bias_correction, "subset_size": len(batches),

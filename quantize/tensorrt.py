@@ -161,6 +161,19 @@ def drop_output_only_qdq(proto) -> int:
     return pairs
 
 
+def _bias_absorbing_shift(node, w: np.ndarray, c: float, inits: dict) -> np.ndarray:
+    """The bias b + c W 1 with which a 1x1 Conv / Gemm reading x - c computes what it computed on x."""
+    from onnx import numpy_helper
+
+    if node.op_type == "Gemm":
+        trans_b = next((a.i for a in node.attribute if a.name == "transB"), 0)
+        add = c * (w.sum(axis=1) if trans_b else w.sum(axis=0))
+    else:
+        add = c * w.reshape(w.shape[0], -1).sum(axis=1)
+    old = numpy_helper.to_array(inits[node.input[2]]) if len(node.input) > 2 and node.input[2] else 0.0
+    return (old + add).astype(np.float32)
+
+
 def shift_nonnegative_activations(proto) -> dict:
     """Give non-negative activations all 255 levels of symmetric int8 (TensorRT's only activation type).
 
@@ -212,15 +225,8 @@ def shift_nonnegative_activations(proto) -> dict:
             dq.input[1] = f"{tag}_scale"
         for k, (dq, u) in enumerate(users):
             if _foldable(u, inits) and u.input[0] == dq.output[0]:
-                w = weight_of(u)
-                if u.op_type == "Gemm":
-                    trans_b = next((a.i for a in u.attribute if a.name == "transB"), 0)
-                    add = c * (w.sum(axis=1) if trans_b else w.sum(axis=0))
-                else:
-                    add = c * w.reshape(w.shape[0], -1).sum(axis=1)
-                old = numpy_helper.to_array(inits[u.input[2]]) if len(u.input) > 2 and u.input[2] else 0.0
                 name = f"{u.name}_bias_shifted"
-                new_inits.append(numpy_helper.from_array((old + add).astype(np.float32), name))
+                new_inits.append(numpy_helper.from_array(_bias_absorbing_shift(u, weight_of(u), c, inits), name))
                 if len(u.input) > 2:
                     u.input[2] = name
                 else:

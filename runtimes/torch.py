@@ -64,7 +64,7 @@ class TorchRuntime:
                                      "(missing or changed since export)")
             load_torchreid_weights(model, src)
         elif bundle.manifest.get("random_seed") is not None:  # seeded random weights: rebuilt exactly
-            from osnet_edge.export import random_model
+            from osnet_edge.models import random_model
             model = random_model(m["width"], m["variant"], int(bundle.manifest["random_seed"]))
         else:
             raise RuntimeFailure("bundle was exported from unseeded random weights; no torch reference exists")
@@ -76,7 +76,7 @@ class TorchRuntime:
         with torch.inference_mode():
             x = torch.from_numpy(np.ascontiguousarray(batch)).to(self.device)
             if self.fused:
-                from osnet_edge.export import FusedPreprocess
+                from osnet_edge.export.onnx import FusedPreprocess
                 x = FusedPreprocess()(x)
             elif self.channels_last:
                 x = x.permute(0, 3, 1, 2)

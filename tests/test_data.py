@@ -1,6 +1,7 @@
 """Name parsing, folder reading and the agreed protocols on the shared real data."""
 from __future__ import annotations
 
+import re
 from collections import Counter
 from pathlib import Path
 
@@ -239,3 +240,26 @@ def test_market1501_release(root):
     assert len(train) == 12936 and len({s.pid for s in train}) == 751
     assert not {s.pid for s in train} & {s.pid for s in query + gallery}
     assert default_protocols(root) == ["market1501"]
+
+
+def test_evaluation_folders_are_refused_by_their_layout_alone(tmp_path):
+    """A fresh clone has no shared data to compare file lists with: the layout itself gives the split away."""
+    from osnet_edge.data import refuse_evaluation_folder
+
+    def touch(rel: str) -> None:
+        path = tmp_path / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"")
+
+    touch("market/query/0001_c1s1_000151_00.jpg")
+    touch("market/bounding_box_train/0002_c1s1_000451_03.jpg")
+    touch("cuhk03/detected/val/0003_05.jpg")
+    touch("cuhk01/campus/0012001.jpg")
+    touch("cuhk01_adapt/campus/0600001.jpg")
+    touch("plain/query/img.jpg")  # a folder named query without Market-1501 names is not refused
+    for folder, words in (("market", "Market-1501's query/"), ("market/query", "Market-1501's query/"),
+                          ("cuhk03", "CUHK03's val"), ("cuhk01", "CUHK01's test identities")):
+        with pytest.raises(ValueError, match=re.escape(words)):
+            refuse_evaluation_folder(tmp_path / folder)
+    for folder in ("market/bounding_box_train", "cuhk01_adapt", "plain"):
+        refuse_evaluation_folder(tmp_path / folder)

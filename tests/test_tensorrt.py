@@ -29,7 +29,7 @@ from osnet_edge.verify import agreement
 
 from .conftest import REPO, SHARED_DATA, X025_MSMT
 
-RUNTIME_SOURCE = REPO / "runtimes" / "tensorrt.py"
+RUNTIME_SOURCES = sorted((REPO / "runtimes" / "tensorrt").glob("*.py"))  # the runtime package, every module
 BUILD_SCRIPT = REPO / "scripts" / "build_engine.py"
 MAX_BATCH = 16            # small profile: quick engine builds in the gpu tests, chunking exercised
 FP32_ENGINE_COSINE = 0.9999
@@ -414,14 +414,15 @@ def test_scanner_catches_weakly_typed_code():
 
 
 def test_runtime_source_uses_only_tensorrt_11_apis():
-    source = RUNTIME_SOURCE.read_text(encoding="utf-8")
+    source = "\n".join(path.read_text(encoding="utf-8") for path in RUNTIME_SOURCES)
     assert removed_api_uses(source) == []
     missing = REQUIRED_CALLS - set(_identifiers(source))
-    assert not missing, f"runtimes/tensorrt.py no longer uses {sorted(missing)}"
+    assert not missing, f"runtimes/tensorrt/ no longer uses {sorted(missing)}"
 
 
-def test_runtime_module_imports_without_gpu_packages_or_torch():
-    tree = ast.parse(RUNTIME_SOURCE.read_text(encoding="utf-8"))
+@pytest.mark.parametrize("source", RUNTIME_SOURCES, ids=lambda p: p.name)
+def test_runtime_module_imports_without_gpu_packages_or_torch(source):
+    tree = ast.parse(source.read_text(encoding="utf-8"))
     top_level = {alias.name.split(".")[0] for node in tree.body if isinstance(node, (ast.Import, ast.ImportFrom))
                  for alias in node.names} | {node.module.split(".")[0] for node in tree.body
                                              if isinstance(node, ast.ImportFrom) and node.module}

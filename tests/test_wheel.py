@@ -70,7 +70,8 @@ def test_sdist_and_wheel_hold_the_whole_package(dist):
         info = next(n for n in names if n.endswith(".dist-info/entry_points.txt"))
         entry_points = whl.read(info).decode()
     for module in ("osnet_edge/__init__.py", "osnet_edge/__main__.py", "osnet_edge/quantize/__init__.py",
-                   "osnet_edge/runtimes/onnxruntime.py", "osnet_edge/runtimes/tensorrt.py",
+                   "osnet_edge/runtimes/onnxruntime.py", "osnet_edge/runtimes/tensorrt/runtime.py",
+                   "osnet_edge/export/pipeline.py",
                    "osnet_edge/calibration/__init__.py", "osnet_edge/models/osnet.py", "osnet_edge/cli/info.py",
                    "osnet_edge/adapt/training.py", "osnet_edge/report/markdown.py", "osnet_edge/profiler/grid.py"):
         assert module in names, module

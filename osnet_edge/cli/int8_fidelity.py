@@ -126,33 +126,39 @@ def main(argv: Sequence[str] | None = None) -> int:
             export_bundle(out_fp32, width=width, res=res, weights=weights, target="onnxruntime", overwrite=True)
         ref = embed(out_fp32)
         for backend in args.backend:
-            out = os.path.join(args.work, f"{tag}_r{res:g}_int8_{backend}")
-            opts = {"distill": not args.no_distill}
-            if args.distill_steps is not None:
-                opts["distill_steps"] = args.distill_steps
-            if args.min_cosine is not None:
-                opts["min_cosine"] = args.min_cosine
-            t0 = time.perf_counter()
-            with warnings.catch_warnings(record=True) as caught:
-                warnings.simplefilter("always")
-                bundle = export_bundle(out, width=width, res=res, weights=weights, target=backend,
-                                       precision="int8", calibration=calib, calib_method=args.method,
-                                       overwrite=True, **opts)
-            export_s = time.perf_counter() - t0
-            for w in caught:
-                if "SLOWER" in str(w.message):
-                    print(f"  warning: {w.message}")
-            qrep = bundle.manifest["quantization"]
-            feats = embed(out, runtime="onnxruntime" if backend == "tensorrt" else backend)
+            bundle, export_s = _export_int8(args, backend, os.path.join(args.work, f"{tag}_r{res:g}_int8_{backend}"),
+                                            width, res, weights, calib)
+            feats = embed(str(bundle.path), runtime="onnxruntime" if backend == "tensorrt" else backend)
             for es in evalsets:
-                rows.append(compare(es, ref[es.name], feats[es.name], backend, width, res, hw, bundle, qrep,
-                                    export_s))
+                rows.append(compare(es, ref[es.name], feats[es.name], backend, width, res, hw, bundle,
+                                    bundle.manifest["quantization"], export_s))
     if args.json:
         os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
         with open(args.json, "w") as f:
             json.dump({"cpu_flags": cpu_int8_flags(), "weights": weights, "rows": rows}, f, indent=1)
         print(f"wrote {args.json}")
     return 0
+
+
+def _export_int8(args, backend: str, out: str, width: float, res: float, weights: str, calib) -> tuple:
+    """One INT8 bundle as the command's flags ask; (bundle, export seconds). INT8-slower notices are printed."""
+    from osnet_edge.export import export_bundle
+    from osnet_edge.notices import Int8SlowerWarning
+
+    opts = {"distill": not args.no_distill}
+    if args.distill_steps is not None:
+        opts["distill_steps"] = args.distill_steps
+    if args.min_cosine is not None:
+        opts["min_cosine"] = args.min_cosine
+    t0 = time.perf_counter()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        bundle = export_bundle(out, width=width, res=res, weights=weights, target=backend, precision="int8",
+                               calibration=calib, calib_method=args.method, overwrite=True, **opts)
+    for w in caught:
+        if issubclass(w.category, Int8SlowerWarning):
+            print(f"  warning: {w.message}")
+    return bundle, time.perf_counter() - t0
 
 
 def compare(es, ref, feats, backend, width, res, hw, bundle, qrep, export_s) -> dict:

@@ -1,8 +1,7 @@
-"""Host side: torch OSNet -> checked ONNX -> bundle for a target runtime and precision."""
+"""The export stage: torch OSNet -> checked model for a target runtime and precision -> a bundle."""
 from __future__ import annotations
 
 import contextlib
-import io
 import logging
 import os
 import platform
@@ -10,20 +9,18 @@ import warnings
 from pathlib import Path
 from typing import Any, Callable
 
-import numpy as np
 import torch
 from torch import nn
 
-from . import __version__
-from .bundle import PRECISIONS, RANDOM_WEIGHTS_SEED, TARGETS, Bundle, BundleWriter
-from .models import FEATURE_DIM, build_osnet, input_size, load_torchreid_weights
-from .notices import RandomWeightsWarning, UnadaptedResolutionWarning, random_weights_advice
-from .preprocess import DEFAULT_INTERPOLATION, IMAGENET_MEAN, IMAGENET_STD
+from .. import __version__
+from ..bundle import PRECISIONS, RANDOM_WEIGHTS_SEED, TARGETS, Bundle, BundleWriter
+from ..models import FEATURE_DIM, build_osnet, input_size, load_torchreid_weights, random_model
+from ..notices import RandomWeightsWarning, UnadaptedResolutionWarning, random_weights_advice
+from ..preprocess import DEFAULT_INTERPOLATION, IMAGENET_MEAN, IMAGENET_STD
+from .onnx import DEFAULT_OPSET, INPUT_NAME, OUTPUT_NAME, convert_fp16, save_openvino_ir, to_onnx
 
 log = logging.getLogger("osnet_edge.export")
 
-DEFAULT_OPSET = 18
-INPUT_NAME, OUTPUT_NAME = "input", "embedding"
 # Precisions each target can honour. bf16 is an OpenVINO CPU execution hint (fp32 IR).
 TARGET_PRECISIONS = {"onnxruntime": ("fp32", "fp16", "int8"), "openvino": ("fp32", "fp16", "bf16", "int8"),
                      "tensorrt": ("fp32", "fp16", "int8"), "litert": ("fp32", "fp16", "int8")}
@@ -36,169 +33,13 @@ UNADAPTED_DROP = ("x0.25 Market-1501 checkpoint at res 0.5 on Market-1501: rank-
 
 
 # The graph form each target gets (osnet_edge.models.merged has the exact stream-merged forms).
-# Measured, x0.25, 1 thread, batch 1 / 8, 128x64 and 256x128 (scripts/bench_graph_forms.py, LiteRT:
+# Measured, x0.25, 1 thread, batch 1 / 8, 128x64 and 256x128 (scripts/bench/graph_forms.py, LiteRT:
 # docs/benchmark.md): no merged form is faster where it matters. ONNX Runtime 0.82-1.05x at batch 1,
 # 0.67-0.87x at batch 8; OpenVINO 0.96-1.18x at batch 1, 0.68-0.97x at batch 8; LiteRT 0.86-0.96x
 # at batch 1. The plain graph keeps per-stream tensors in cache; the runtimes already fold BN and
 # fuse Conv+ReLU, so fewer nodes buy little. Every target therefore ships the plain graph.
 GRAPH_FORMS = {"onnxruntime": "plain", "openvino": "plain", "tensorrt": "plain", "litert": "plain"}
 
-
-class ExportError(RuntimeError):
-    """Export could not produce a valid model (message says which step and why)."""
-
-
-class FusedPreprocess(nn.Module):
-    """uint8 BGR NHWC at the model's input size -> normalised float RGB NCHW, inside the graph."""
-
-    def __init__(self, mean=IMAGENET_MEAN, std=IMAGENET_STD) -> None:
-        super().__init__()
-        # BGR order, folded: (x/255 - mean)/std = x * 1/(255 std) - mean/std
-        scale = torch.tensor([1.0 / (255.0 * s) for s in std][::-1]).view(1, 3, 1, 1)
-        bias = torch.tensor([-m / s for m, s in zip(mean, std)][::-1]).view(1, 3, 1, 1)
-        self.register_buffer("scale", scale, persistent=False)
-        self.register_buffer("bias", bias, persistent=False)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # cast before the transpose: TensorRT's uint8 support is limited to I/O and Cast
-        x = x.to(torch.float32).permute(0, 3, 1, 2) * self.scale + self.bias
-        return torch.flip(x, dims=[1])  # BGR -> RGB
-
-
-class _WithPreprocess(nn.Module):
-    def __init__(self, model: nn.Module) -> None:
-        super().__init__()
-        self.pre, self.model = FusedPreprocess(), model
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.model(self.pre(x))
-
-
-def to_onnx(model: nn.Module, path: str | os.PathLike, input_hw: tuple[int, int], opset: int = DEFAULT_OPSET,
-            fuse_preprocess: bool = False, simplify: bool = True) -> Path:
-    """Export an eval-mode OSNet to ONNX with a dynamic batch axis, checked and shape-inferred.
-
-    Input ``input`` is (N,3,H,W) float32, or (N,H,W,3) uint8 BGR with ``fuse_preprocess``;
-    output ``embedding`` is (N,512) float32 (not normalised, as torchreid returns it).
-    """
-    import onnx
-
-    if opset < 17:
-        raise ValueError(f"opset must be >= 17, got {opset}")
-    path = Path(path)
-    model = model.eval()
-    net = _WithPreprocess(model).eval() if fuse_preprocess else model
-    h, w = input_hw
-    example = (torch.zeros(2, h, w, 3, dtype=torch.uint8) if fuse_preprocess else torch.zeros(2, 3, h, w))
-    batch = torch.export.Dim("batch", min=1, max=4096)
-    quiet = logging.getLogger("torch.onnx")
-    old_level = quiet.level
-    quiet.setLevel(logging.ERROR)
-    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
-        warnings.simplefilter("ignore")
-        try:
-            torch.onnx.export(net, (example,), str(path), input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
-                              opset_version=opset, dynamo=True, dynamic_shapes=({0: batch},),
-                              external_data=False, verbose=False)
-        except Exception as exc:
-            raise ExportError(f"torch.onnx.export failed: {str(exc).splitlines()[0]}") from exc
-        finally:
-            quiet.setLevel(old_level)
-    proto = onnx.load(str(path))
-    if simplify:
-        proto = _simplify(proto)
-    flush_negligible_weights(proto)
-    try:
-        onnx.checker.check_model(proto, full_check=True)
-        proto = onnx.shape_inference.infer_shapes(proto, strict_mode=True)
-    except Exception as exc:
-        raise ExportError(f"exported ONNX failed onnx.checker / shape inference: {exc}") from exc
-    proto.producer_name, proto.producer_version = "osnet_edge", __version__
-    onnx.save(proto, str(path))
-    return path
-
-
-# Weights below this magnitude are zeroed at export. A weight of 1e-30 times any activation an
-# OSNet produces (|x| < 1e6) contributes < 1e-24 to a sum, far below float32's resolution of any
-# output that matters, yet products like 4e-37 * 0.1 are denormal and x86 computes them in microcode.
-NEGLIGIBLE_WEIGHT = 1e-30
-
-
-def flush_negligible_weights(proto, threshold: float = NEGLIGIBLE_WEIGHT) -> int:
-    """Set float32 weights with 0 < |w| < ``threshold`` to zero, in place; returns how many.
-
-    Trained checkpoints carry hundreds of such values (osnet_x0_25_msmt17.pth: 468 denormals of
-    198,088, mostly BN-folded weights of near-dead channels) and adaptation makes more: channels
-    whose folded weights are ~1e-37, normal themselves, whose outputs underflow to denormals (65k
-    denormal activations per 8 crops in the adapted x0.25 @ 128x64). They change no output, but x86
-    CPUs compute with denormal operands in microcode. Measured, ONNX Runtime fp32, batch 1, 1 thread:
-    x0.25 @ 128x64 3.85 -> 1.38 ms flushing denormal weights only; the adapted x0.25 @ 128x64
-    2.47 -> 0.81 ms flushing below 1e-30 (embeddings bit-identical on 64 Market crops). This is
-    the graph-side alternative to the runtimes' flush-to-zero modes, which ONNX Runtime applies to
-    the whole calling thread (numpy in the same process would then lose its subnormals).
-    """
-    from onnx import numpy_helper
-
-    if not 0 < threshold <= 1e-20:
-        raise ValueError(f"threshold must be in (0, 1e-20], got {threshold!r}")
-    flushed = 0
-    for init in proto.graph.initializer:
-        if init.data_type != 1:  # FLOAT
-            continue
-        w = numpy_helper.to_array(init)
-        negligible = (w != 0) & (np.abs(w) < threshold)
-        n = int(negligible.sum())
-        if n:
-            init.CopyFrom(numpy_helper.from_array(np.where(negligible, np.float32(0), w).astype(np.float32), init.name))
-            flushed += n
-    return flushed
-
-
-def _simplify(proto):
-    """onnxslim where installed (folds constants, drops identities); the original if it fails."""
-    try:
-        import onnxslim
-    except ImportError:
-        return proto
-    try:
-        with contextlib.redirect_stdout(io.StringIO()):
-            return onnxslim.slim(proto)
-    except Exception as exc:  # a simplifier bug must not break export
-        warnings.warn(f"onnxslim failed ({exc}); keeping the unsimplified graph")
-        return proto
-
-
-def convert_fp16(src: str | os.PathLike, dst: str | os.PathLike) -> Path:
-    """fp32 ONNX -> fp16 weights and compute with fp32 I/O (TensorRT 11 strong typing, ORT).
-
-    onnxconverter-common's converter keeps inputs/outputs fp32 (Cast at the edges) and leaves
-    its default block list (numerically sensitive ops) in fp32.
-    """
-    import onnx
-
-    try:
-        from onnxconverter_common import float16
-    except ImportError as exc:
-        raise ImportError("fp16 ONNX conversion needs onnxconverter-common: "
-                          "pip install 'osnet_edge[quantize]'") from exc
-    proto = onnx.load(str(src))
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        half = float16.convert_float_to_float16(proto, keep_io_types=True)
-    onnx.checker.check_model(half)
-    onnx.save(half, str(dst))
-    return Path(dst)
-
-
-def save_openvino_ir(onnx_path: str | os.PathLike, xml_path: str | os.PathLike, fp16: bool) -> Path:
-    """ONNX -> OpenVINO IR at export time (fp16 weight compression only for fp16 bundles)."""
-    try:
-        import openvino as ov
-    except ImportError as exc:
-        raise ImportError("the openvino target needs openvino: pip install 'osnet_edge[openvino]'") from exc
-    ov_model = ov.convert_model(str(onnx_path))
-    ov.save_model(ov_model, str(xml_path), compress_to_fp16=fp16)
-    return Path(xml_path)
 
 
 def _versions(target: str) -> dict[str, str]:
@@ -239,13 +80,6 @@ def warn_if_unadapted(weights: str | os.PathLike | None, adaptation: Any, res: f
                   "adapted.pth", UnadaptedResolutionWarning, stacklevel=3)
 
 
-def random_model(width: float, variant: str, seed: int) -> nn.Module:
-    """A randomly initialised OSNet from a fixed seed (the caller's RNG state is left untouched)."""
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        return build_osnet(width, variant)
-
-
 def _input_layout(target: str, fused: bool) -> str:
     """The model input tensor: fused bundles take uint8 NHWC crops; LiteRT takes NHWC, the others NCHW."""
     if fused:
@@ -274,7 +108,7 @@ def _export_onnx_family(model: nn.Module, folder: Path, hw: tuple[int, int], tar
     fp32_path = to_onnx(model, folder / "model_fp32.onnx", hw, opset, fuse_preprocess)
     calibration_info, quant_report, build = None, None, {}
     if precision == "int8":
-        from .quantize import quantize
+        from ..quantize import quantize
 
         step(f"quantizing for {target} with {calibration.num_images} calibration images")
         teacher = model if trained or quant_options.get("distill") is True else None
@@ -305,14 +139,14 @@ def _export_onnx_family(model: nn.Module, folder: Path, hw: tuple[int, int], tar
 def _export_litert(model: nn.Module, folder: Path, hw: tuple[int, int], precision: str, fuse_preprocess: bool,
                    calibration: Any, calib_method: str | None, trained: bool, step: Callable[[str], None],
                    progress: bool, quant_options: dict) -> tuple[dict, dict | None]:
-    """model.tflite in ``folder`` straight from torch (osnet_edge.tflite); returns (build info, quantization
+    """model.tflite in ``folder`` straight from torch (export.tflite); returns (build info, quantization
     report). The build info records the conversion, its exact rewrites and XNNPACK's coverage of the file."""
-    from .runtimes.litert import LiteRtRuntime
+    from ..runtimes.litert import LiteRtRuntime
     from .tflite import MODEL_FILE, to_tflite
 
     path, quant_report = folder / MODEL_FILE, None
     if precision == "int8":
-        from .quantize.litert import quantize_from_torch
+        from ..quantize.litert import quantize_from_torch
 
         step(f"quantizing for litert with {calibration.num_images} calibration images")
         distill = quant_options.pop("distill", "auto")
@@ -326,7 +160,7 @@ def _export_litert(model: nn.Module, folder: Path, hw: tuple[int, int], precisio
         step(f"converting to LiteRT (litert-torch, NHWC input {hw[0]}x{hw[1]})")
         conversion = to_tflite(model, path, hw, fuse_preprocess=fuse_preprocess)
         if precision == "fp16":
-            from .quantize.litert import fp16_tflite
+            from ..quantize.litert import fp16_tflite
 
             step("storing the weights as fp16")
             fp32_path = folder / "model_fp32.tflite"
@@ -340,6 +174,53 @@ def _export_litert(model: nn.Module, folder: Path, hw: tuple[int, int], precisio
         left = ", ".join(f"{k} x{v}" for k, v in coverage["undelegated_ops"].items())
         log.info("XNNPACK leaves %s on LiteRT's reference kernels (%d partitions)", left, coverage["partitions"])
     return {**conversion, "xnnpack": coverage}, quant_report
+
+
+def _check_request(target: str, precision: str, max_batch: int, calibration: Any) -> None:
+    """The target / precision / batch / calibration combination, checked before any work."""
+    if target not in TARGETS:
+        raise ValueError(f"target must be one of {TARGETS}, got {target!r}")
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    if precision not in TARGET_PRECISIONS[target]:
+        raise ValueError(f"target {target} supports precisions {TARGET_PRECISIONS[target]}, not {precision!r}")
+    if isinstance(max_batch, bool) or not isinstance(max_batch, int) or max_batch < 1:
+        raise ValueError(f"max_batch must be a positive int, got {max_batch!r}")
+    if precision == "int8" and calibration is None:
+        raise ValueError("--precision int8 needs a calibration set of person crops (--calib DIR): "
+                         "INT8 ranges come from real images, never from random data")
+    if precision != "int8" and calibration is not None:
+        raise ValueError("a calibration set is only used with --precision int8")
+    if precision == "bf16":
+        from ..runtimes.openvino import cpu_supports_bf16
+        if not cpu_supports_bf16():
+            warnings.warn("this CPU has no bf16 support: the bundle will not load here")
+
+
+def _resolve_model(model: nn.Module | None, width: float, variant: str, weights, res: float, random_seed: int,
+                   allow_unsafe_pickle: bool, step: Callable[[str], None]) -> tuple[nn.Module, float, str, dict | None,
+                                                                                      int | None]:
+    """The network to export: ``model`` as given, a checkpoint loaded into a new OSNet, or seeded random
+    weights (warned about). Returns (model, width, variant, weights record, random seed)."""
+    weights_info, seed = None, None
+    if model is None and weights is not None:
+        model = build_osnet(width, variant)
+        step(f"loading weights {weights}")
+        info = load_torchreid_weights(model, weights, allow_unsafe_pickle=allow_unsafe_pickle)
+        weights_info = {"source": str(Path(weights).resolve()), "sha256": info["sha256"]}
+        if info.get("adaptation"):
+            model.adaptation = info["adaptation"]
+        warn_if_unadapted(weights, info.get("adaptation"), float(res))
+    elif model is None:
+        seed = random_seed
+        model = random_model(width, variant, seed)
+        warnings.warn(f"no --weights given: exporting a RANDOMLY INITIALISED model (seed {seed}); "
+                      f"{random_weights_advice()}", RandomWeightsWarning, stacklevel=3)
+    else:
+        width, variant = getattr(model, "width", width), getattr(model, "variant", variant)
+        if getattr(model, "adaptation", None):
+            warn_if_unadapted(None, model.adaptation, float(res))
+    return model, width, variant, weights_info, seed
 
 
 def export_bundle(out: str | os.PathLike, width: float = 1.0, res: float = 1.0, variant: str = "osnet",
@@ -357,45 +238,13 @@ def export_bundle(out: str | os.PathLike, width: float = 1.0, res: float = 1.0, 
     ``calibration``: a CalibrationSet (int8 only). ``model`` lets a caller pass an already
     built (e.g. adapted) network instead of width/variant/weights.
     """
-    from .profiler.counting import count_macs, count_params
+    from ..profiler.counting import count_macs, count_params
 
     step = on_step or (lambda msg: log.info(msg))
-    if target not in TARGETS:
-        raise ValueError(f"target must be one of {TARGETS}, got {target!r}")
-    if precision not in PRECISIONS:
-        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
-    if precision not in TARGET_PRECISIONS[target]:
-        raise ValueError(f"target {target} supports precisions {TARGET_PRECISIONS[target]}, not {precision!r}")
-    if isinstance(max_batch, bool) or not isinstance(max_batch, int) or max_batch < 1:
-        raise ValueError(f"max_batch must be a positive int, got {max_batch!r}")
-    if precision == "int8" and calibration is None:
-        raise ValueError("--precision int8 needs a calibration set of person crops (--calib DIR): "
-                         "INT8 ranges come from real images, never from random data")
-    if precision != "int8" and calibration is not None:
-        raise ValueError("a calibration set is only used with --precision int8")
-    if precision == "bf16":
-        from .runtimes.openvino import cpu_supports_bf16
-        if not cpu_supports_bf16():
-            warnings.warn("this CPU has no bf16 support: the bundle will not load here")
+    _check_request(target, precision, max_batch, calibration)
     hw = input_size(res)
-    weights_info, seed = None, None
-    if model is None and weights is not None:
-        model = build_osnet(width, variant)
-        step(f"loading weights {weights}")
-        info = load_torchreid_weights(model, weights, allow_unsafe_pickle=allow_unsafe_pickle)
-        weights_info = {"source": str(Path(weights).resolve()), "sha256": info["sha256"]}
-        if info.get("adaptation"):
-            model.adaptation = info["adaptation"]
-        warn_if_unadapted(weights, info.get("adaptation"), float(res))
-    elif model is None:
-        seed = random_seed
-        model = random_model(width, variant, seed)
-        warnings.warn(f"no --weights given: exporting a RANDOMLY INITIALISED model (seed {seed}); "
-                      f"{random_weights_advice()}", RandomWeightsWarning, stacklevel=2)
-    else:
-        width, variant = getattr(model, "width", width), getattr(model, "variant", variant)
-        if getattr(model, "adaptation", None):
-            warn_if_unadapted(None, model.adaptation, float(res))
+    model, width, variant, weights_info, seed = _resolve_model(model, width, variant, weights, res, random_seed,
+                                                               allow_unsafe_pickle, step)
     model.eval()
     params, macs = count_params(model), count_macs(model, hw)
 
@@ -433,3 +282,4 @@ def export_bundle(out: str | os.PathLike, width: float = 1.0, res: float = 1.0, 
         })
     assert w.bundle is not None
     return w.bundle
+

@@ -25,10 +25,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import importlib.util
-import io
-import logging
 import os
-import warnings
 from pathlib import Path
 from typing import Any
 
@@ -36,8 +33,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .export import NEGLIGIBLE_WEIGHT
-from .preprocess import IMAGENET_MEAN, IMAGENET_STD
+from ..preprocess import IMAGENET_MEAN, IMAGENET_STD
+from ..quiet import converter_output_silenced
+from .hygiene import NEGLIGIBLE_WEIGHT
 
 MODEL_FILE = "model.tflite"
 _NO_CONVERTER = "the litert target converts with litert-torch: pip install 'osnet_edge[litert-export]'"
@@ -221,38 +219,10 @@ class ChannelsLastUint8(nn.Module):
         return self.model(x.permute(0, 3, 1, 2))
 
 
-@contextlib.contextmanager
-def _native_stderr_silenced():
-    """The converter's C++ parts (absl, XLA, torchao's optional kernels) write straight to fd 2."""
-    try:
-        saved = os.dup(2)
-    except OSError:  # no usable fd 2 (embedded interpreter): nothing to silence
-        yield
-        return
-    try:
-        with open(os.devnull, "w") as null:
-            os.dup2(null.fileno(), 2)
-            yield
-    finally:
-        os.dup2(saved, 2)
-        os.close(saved)
-
-
-@contextlib.contextmanager
 def _quiet():
-    """litert-torch logs every conversion stage and absl/TF warnings; keep export output readable."""
-    loggers = [logging.getLogger(n) for n in ("absl", "litert_torch", "torch._export", "torch.export")]
-    levels = [lg.level for lg in loggers]
-    for lg in loggers:
-        lg.setLevel(logging.ERROR)
-    try:
-        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()), \
-                contextlib.redirect_stderr(io.StringIO()), _native_stderr_silenced():
-            warnings.simplefilter("ignore")
-            yield
-    finally:
-        for lg, level in zip(loggers, levels):
-            lg.setLevel(level)
+    """litert-torch logs every conversion stage, absl/TF warn, and its C++ parts write to fd 2."""
+    return converter_output_silenced(loggers=("absl", "litert_torch", "torch._export", "torch.export"),
+                                     stderr=True, native_stderr=True)
 
 
 def to_tflite(model: nn.Module, path: str | os.PathLike, input_hw: tuple[int, int],
@@ -284,7 +254,7 @@ def to_tflite(model: nn.Module, path: str | os.PathLike, input_hw: tuple[int, in
 _CHILD = """
 import sys, torch
 sys.path[:0] = [p for p in sys.argv[4:]]
-from osnet_edge.tflite import _convert_here
+from osnet_edge.export.tflite import _convert_here
 net = torch.load(sys.argv[1], weights_only=False)
 example = torch.load(sys.argv[2])
 _convert_here(net, example, sys.argv[3])

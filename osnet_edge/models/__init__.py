@@ -15,6 +15,16 @@ def build_osnet(width: float = 1.0, variant: str = "osnet", num_classes: int = 0
     return OSNet(width=width, variant=variant, num_classes=num_classes)
 
 
+def random_model(width: float, variant: str, seed: int) -> OSNet:
+    """A randomly initialised OSNet from a fixed seed (the caller's RNG state is left untouched): the
+    quick start's bundles and their torch reference rebuild the same network from the manifest's seed."""
+    import torch
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return build_osnet(width, variant)
+
+
 @dataclass(frozen=True)
 class ModelConfig:
     name: str
@@ -47,6 +57,6 @@ def create_model(name: str, num_classes: int = 0) -> nn.Module:
     return build_osnet(cfg.width, cfg.variant, num_classes)
 
 
-__all__ = ["OSNet", "build_osnet", "create_model", "list_models", "load_torchreid_weights",
+__all__ = ["OSNet", "build_osnet", "random_model", "create_model", "list_models", "load_torchreid_weights",
            "read_checkpoint", "CheckpointError", "input_size", "scaled_channels", "VARIANTS",
            "FEATURE_DIM", "BASE_INPUT_SIZE", "REGISTRY"]

@@ -10,7 +10,7 @@ preceding convolutions, in float64, then cast to float32. The math is OSNet's: o
 only by float reassociation (cosine to the original > 0.999999). The ONNX graph has about half
 the nodes (x0.25: 390 -> 180..204 for the whole network, 156..180 with ``absorb_sum``).
 
-Measured (scripts/bench_graph_forms.py, x0.25, 1 thread, AVX-512 Xeon VM shared with other work,
+Measured (scripts/bench/graph_forms.py, x0.25, 1 thread, AVX-512 Xeon VM shared with other work,
 so roughly): torch eager runs 1.3-2x faster at batch 1 (about equal at batch 8), but ONNX
 Runtime and OpenVINO, which already fold BN, fuse Conv+ReLU and run blocked NCHWc layouts, gain
 little or lose: best form 1.05x (ORT) / 1.18x (OpenVINO) at 128x64 batch 1, 0.7-0.9x at batch 8

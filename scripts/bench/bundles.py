@@ -20,16 +20,16 @@ import os
 import subprocess
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # scripts/, for _cli
 from _cli import CliError, Parser, run  # noqa: E402
 
 EXAMPLES = """\
 examples:
-  python scripts/bench_bundles.py bundles/mkt_x025_r1_ort_fp32 bundles/mkt_x025_r1_ov_fp32 --threads 1
-  python scripts/bench_bundles.py bundles/x025_int8 --foreign omz-0287-fp32 omz-0288-fp32 --json runs/latency.json
+  python scripts/bench/bundles.py bundles/mkt_x025_r1_ort_fp32 bundles/mkt_x025_r1_ov_fp32 --threads 1
+  python scripts/bench/bundles.py bundles/x025_int8 --foreign omz-0287-fp32 omz-0288-fp32 --json runs/latency.json
   # before/after: the first contender is the baseline every ratio refers to
   git worktree add ../base d2bec03
-  python scripts/bench_bundles.py runs/base_ort@../base bundles/new_litert --batch 1 8 --threads 1
+  python scripts/bench/bundles.py runs/base_ort@../base bundles/new_litert --batch 1 8 --threads 1
 """
 
 

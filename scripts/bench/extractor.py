@@ -11,7 +11,7 @@ import os
 import sys
 import tempfile
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # scripts/, for _cli
 from _cli import Parser, run  # noqa: E402
 
 
@@ -42,7 +42,7 @@ def main(argv=None) -> int:
     from osnet_edge.samples import synthetic_crops
     from osnet_edge.verify import time_call
 
-    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     default_w = os.path.join(repo, "..", "shared", "data", "weights", "torchreid", "osnet_x0_25_msmt17.pth")
     weights = args.weights or (default_w if args.width == 0.25 and os.path.isfile(default_w) else None)
     threads = args.threads or os.cpu_count()

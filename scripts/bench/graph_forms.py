@@ -18,10 +18,10 @@ import os
 import sys
 import tempfile
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # scripts/, for _cli
 from _cli import Parser, run  # noqa: E402
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 DEFAULT_X025 = os.path.join(REPO, "..", "shared", "data", "weights", "torchreid", "osnet_x0_25_market1501.pth")
 RUNTIMES = ("onnxruntime", "openvino", "torch")
 

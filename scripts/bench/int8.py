@@ -16,7 +16,7 @@ import platform
 import sys
 import warnings
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # scripts/, for _cli
 from _cli import Parser, calibration_dir, run  # noqa: E402
 
 

@@ -15,7 +15,7 @@ import sys
 import warnings
 from pathlib import Path
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # scripts/, for _cli
 from _cli import Parser, calibration_dir, run  # noqa: E402
 
 CANDIDATES = {"ort fp32": ("onnxruntime", "fp32", {}),
