@@ -11,6 +11,7 @@ from torch import nn
 from .. import __version__
 from ..preprocess import IMAGENET_MEAN, IMAGENET_STD
 from ..quiet import converter_output_silenced
+from .graph import DEFAULT_GLOBAL_POOL, check_global_pool, write_global_pools_as
 from .hygiene import flush_negligible_weights
 
 DEFAULT_OPSET = 18
@@ -48,16 +49,18 @@ class _WithPreprocess(nn.Module):
 
 
 def to_onnx(model: nn.Module, path: str | os.PathLike, input_hw: tuple[int, int], opset: int = DEFAULT_OPSET,
-            fuse_preprocess: bool = False, simplify: bool = True) -> Path:
+            fuse_preprocess: bool = False, simplify: bool = True, global_pool: str = DEFAULT_GLOBAL_POOL) -> Path:
     """Export an eval-mode OSNet to ONNX with a dynamic batch axis, checked and shape-inferred.
 
     Input ``input`` is (N,3,H,W) float32, or (N,H,W,3) uint8 BGR with ``fuse_preprocess``;
     output ``embedding`` is (N,512) float32 (not normalised, as torchreid returns it).
+    ``global_pool``: the op the global average pools are written as (export.graph.GLOBAL_POOL_OPS).
     """
     import onnx
 
     if opset < 17:
         raise ValueError(f"opset must be >= 17, got {opset}")
+    check_global_pool(global_pool)
     path = Path(path)
     model = model.eval()
     net = _WithPreprocess(model).eval() if fuse_preprocess else model
@@ -74,6 +77,7 @@ def to_onnx(model: nn.Module, path: str | os.PathLike, input_hw: tuple[int, int]
     proto = onnx.load(str(path))
     if simplify:
         proto = _simplify(proto)
+    write_global_pools_as(proto, global_pool)
     flush_negligible_weights(proto)
     try:
         onnx.checker.check_model(proto, full_check=True)
