@@ -313,7 +313,7 @@ def test_feature_map_distillation_runs_and_needs_a_same_width_osnet_teacher(tmp_
     cfg = small_config(epochs=2, losses="cosine=1,fmap=1")
     rec = adapt(checkpoint, tmp_path / "fmap.pth", data, res=RES, teacher=teacher, config=cfg, progress=False,
                 threads=1).record
-    assert [set(h) for h in rec["loss_history"]] == [{"epoch", "loss", "cosine", "fmap"}] * 2
+    assert [set(h) for h in rec["loss_history"]] == [{"epoch", "steps", "loss", "cosine", "fmap"}] * 2
     assert rec["loss_history"][-1]["fmap"] < rec["loss_history"][0]["fmap"]
     torch.manual_seed(1)
     wide = tmp_path / "x05.pth"

@@ -12,9 +12,9 @@ from ..progress import progress_bar
 from .views import ViewSet, clean_views, render_batch
 
 
-def _to_input(batch_bgr: np.ndarray, normalize: Normalizer = Normalizer()) -> torch.Tensor:
+def _to_input(batch_bgr: np.ndarray, device: str = "cpu", normalize: Normalizer = Normalizer()) -> torch.Tensor:
     """Inference input: channels-last makes no-grad forwards ~2x faster on CPU (oneDNN)."""
-    return torch.from_numpy(normalize(batch_bgr)).contiguous(memory_format=torch.channels_last)
+    return torch.from_numpy(normalize(batch_bgr)).to(device).contiguous(memory_format=torch.channels_last)
 
 
 def batchnorms(model: nn.Module) -> list[nn.modules.batchnorm._BatchNorm]:
@@ -23,13 +23,14 @@ def batchnorms(model: nn.Module) -> list[nn.modules.batchnorm._BatchNorm]:
 
 @torch.no_grad()
 def recalibrate_bn(model: nn.Module, images: Sequence[np.ndarray], hw: tuple[int, int],
-                   batch_size: int = 64, views: Optional[ViewSet] = None, progress: bool = False) -> nn.Module:
+                   batch_size: int = 64, views: Optional[ViewSet] = None, progress: bool = False,
+                   device: str = "cpu") -> nn.Module:
     """Re-estimate every BatchNorm's running statistics on ``images`` at input size ``hw``.
 
     AdaBN (Li et al., 2016) / "precise BN": the statistics a 256x128-trained network keeps
     are wrong at 128x64; a forward pass in train mode with a cumulative average (momentum
     None) over the clean adaptation crops fixes them without touching any weight. The
-    model is left in eval mode.
+    model (already on ``device``) is left in eval mode.
     """
     if not images:
         raise ValueError("recalibrate_bn needs at least one image")
@@ -46,7 +47,7 @@ def recalibrate_bn(model: nn.Module, images: Sequence[np.ndarray], hw: tuple[int
         idx = list(range(s, min(s + batch_size, len(images))))
         if len(idx) < 2 and s > 0:  # a batch of one cannot give BatchNorm1d statistics
             continue
-        model(_to_input(render_batch(images, views, idx, hw)))
+        model(_to_input(render_batch(images, views, idx, hw), device))
     for m, mom in zip(bns, saved):
         m.momentum = mom
     return model.eval()

@@ -27,7 +27,32 @@ def atomic_save(obj: Any, path: Path) -> None:
 
 
 def plain_state(model: nn.Module) -> dict:
-    return {k: v.detach().contiguous().clone() for k, v in model.state_dict().items()}
+    """CPU copies of the weights: a checkpoint trained on a GPU loads anywhere."""
+    return {k: v.detach().cpu().contiguous().clone() for k, v in model.state_dict().items()}
+
+
+# CPU features that change what a step costs (vector width, bf16 / int8 matrix units)
+SPEED_FLAGS = ("avx2", "fma", "avx512f", "avx512bw", "avx512vl", "avx512_vnni", "avx_vnni", "avx512_bf16",
+               "avx512_fp16", "amx_tile", "amx_bf16", "amx_int8")
+
+
+def machine_info() -> dict:
+    """The CPU (model, cores, speed-relevant flags): timings in a record mean little without it."""
+    model, flags = "", set()
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                if key.strip() == "model name" and not model:
+                    model = value.strip()
+                elif key.strip() == "flags" and not flags:
+                    flags = set(value.split())
+    except OSError:
+        pass
+    import platform
+
+    return {"cpu": model or platform.processor(), "cores": os.cpu_count(),
+            "flags": [f for f in SPEED_FLAGS if f in flags], "machine": platform.machine()}
 
 
 def json_check(record: Mapping) -> dict:

@@ -4,18 +4,22 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass, field
-from typing import Mapping, Union
+from typing import Mapping, Optional, Union
 
 from .views import Augmentation
 
-__all__ = ["AdaptConfig", "parse_losses", "resolve_auto_losses", "KD_LOSSES", "LABEL_LOSSES", "AUTO"]
+__all__ = ["AdaptConfig", "parse_losses", "resolve_auto_losses", "KD_LOSSES", "LABEL_LOSSES", "AUTO",
+           "LABELLED_DEFAULT"]
 
-KD_LOSSES = ("cosine", "relational", "simkl", "fmap")
+KD_LOSSES = ("cosine", "relational", "simkl", "fmap", "logit")
 LABEL_LOSSES = ("ce", "triplet")
 # "auto": the best distillation losses the teacher allows, resolved once it is loaded
 # (resolve_auto_losses): cosine + fmap from a same-width OSNet checkpoint, cosine from any
 # 512-d teacher, simkl + relational from a teacher with another embedding size.
 AUTO = "auto"
+# The Market-1501 (labelled) default: distillation + label-smoothed cross-entropy from the checkpoint's
+# classifier + logit distillation from the teacher's classifier (docs/adaptation.md).
+LABELLED_DEFAULT = {AUTO: 1.0, "ce": 1.0, "logit": 1.0}
 
 
 def parse_losses(spec: Union[str, Mapping[str, float]]) -> dict[str, float]:
@@ -49,7 +53,13 @@ def parse_losses(spec: Union[str, Mapping[str, float]]) -> dict[str, float]:
 
 @dataclass
 class AdaptConfig:
-    """Adaptation recipe. Defaults are the measured best for x0.25 @ res 0.5 (README, "Adaptation")."""
+    """Adaptation recipe. Defaults and what each ingredient measured: docs/adaptation.md.
+
+    ``view_sets`` augmented view sets (flip + crop) are rendered once: the teacher's outputs on
+    them (and on their mirrors, ``teacher_flip``) and the student's uint8 views are cached, and
+    random erasing is drawn afresh on the student's input at every step (the teacher sees the
+    whole view, so its target is clean). ``budget_min`` replaces ``epochs`` by a plan from the
+    measured step time (:mod:`.schedule`)."""
     epochs: int = 16
     batch_size: int = 64
     lr: float = 0.0015
@@ -68,7 +78,10 @@ class AdaptConfig:
     bn_images: int = 4096               # images for AdaBN / recalibration (0 = all)
     freeze: tuple = ()                  # top-level modules kept fixed, e.g. ("conv1", "conv2")
     augmentation: Augmentation = field(default_factory=Augmentation)
-    view_sets: int = 0                  # distinct augmented view sets; 0 = a fresh one per epoch
+    view_sets: int = 3                  # distinct augmented view sets (teacher outputs cached); 0 = one per epoch
+    teacher_flip: bool = True           # the teacher also embeds each view's mirror: twice the views per pass
+    kd_temperature: float = 4.0         # logit distillation temperature (Hinton et al.)
+    budget_min: Optional[float] = None  # plan the steps to finish in this many minutes (None: cfg.epochs)
     teacher_res: float = 1.0
     seed: int = 0
 
@@ -95,6 +108,11 @@ class AdaptConfig:
             raise ValueError(f"view_sets must be >= 0, got {self.view_sets}")
         if not self.temperature > 0:
             raise ValueError(f"temperature must be > 0, got {self.temperature}")
+        if not self.kd_temperature > 0:
+            raise ValueError(f"kd_temperature must be > 0, got {self.kd_temperature}")
+        if self.budget_min is not None and not (isinstance(self.budget_min, (int, float))
+                                                and math.isfinite(self.budget_min) and self.budget_min > 0):
+            raise ValueError(f"budget_min must be a number of minutes > 0, got {self.budget_min!r}")
         if "triplet" in self.losses and self.batch_size % self.instances_per_id:
             raise ValueError(f"batch_size {self.batch_size} must be a multiple of instances_per_id "
                              f"{self.instances_per_id} for triplet (P x K) batches")
@@ -106,6 +124,11 @@ class AdaptConfig:
     @property
     def uses_labels(self) -> bool:
         return any(k in self.losses for k in LABEL_LOSSES)
+
+    @property
+    def uses_head(self) -> bool:
+        """A classifier head on the student: for cross-entropy and for logit distillation."""
+        return "ce" in self.losses or "logit" in self.losses
 
     def to_dict(self) -> dict:
         d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}

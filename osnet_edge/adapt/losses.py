@@ -1,4 +1,4 @@
-"""Adaptation losses: distillation (cosine, relational, simkl) and the paper's triplet loss."""
+"""Adaptation losses: distillation (cosine, relational, simkl, logit) and the paper's triplet loss."""
 from __future__ import annotations
 
 import torch
@@ -37,3 +37,12 @@ def triplet_loss(feats: torch.Tensor, labels: torch.Tensor, margin: float) -> to
     if not valid.any():
         return feats.sum() * 0.0
     return F.relu(hardest_pos[valid] - hardest_neg[valid] + margin).mean()
+
+
+def logit_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float) -> torch.Tensor:
+    """Hinton's logit distillation: KL(teacher || student) of the tempered softmaxes, x T^2 so that
+    its gradients keep their size whatever the temperature."""
+    t = temperature
+    log_p_s = F.log_softmax(student_logits / t, dim=1)
+    p_t = F.softmax(teacher_logits.float() / t, dim=1)
+    return F.kl_div(log_p_s, p_t, reduction="batchmean") * (t * t)

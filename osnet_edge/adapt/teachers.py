@@ -78,7 +78,8 @@ class CheckpointTeacher:
     """OSNet from a checkpoint at resolution ``res``; OpenVINO (in memory) or torch inference."""
 
     def __init__(self, path: str | os.PathLike, res: float = 1.0, backend: str = "auto",
-                 batch_size: int = 64, threads: Optional[int] = None, allow_unsafe_pickle: bool = False) -> None:
+                 batch_size: int = 64, threads: Optional[int] = None, allow_unsafe_pickle: bool = False,
+                 device: str = "cpu") -> None:
         import torch
 
         from ..models import build_osnet, input_size, load_torchreid_weights, read_checkpoint
@@ -86,7 +87,13 @@ class CheckpointTeacher:
         if backend not in ("auto", "openvino", "torch"):
             raise ValueError(f"backend must be 'auto', 'openvino' or 'torch', got {backend!r}")
         self.path = Path(path)
-        width, variant = osnet_config_of(read_checkpoint(self.path, allow_unsafe_pickle=allow_unsafe_pickle))
+        state = read_checkpoint(self.path, allow_unsafe_pickle=allow_unsafe_pickle)
+        width, variant = osnet_config_of(state)
+        # the checkpoint's own classifier (torchreid keeps it): its logits are the ``logit`` loss's targets
+        weight, bias = state.get("classifier.weight"), state.get("classifier.bias")
+        self.classifier = None if weight is None else (
+            weight.detach().float().numpy(), (bias if bias is not None else weight.new_zeros(len(weight))).float().numpy())
+        self.device = str(device)
         self.model = build_osnet(width, variant)
         info = load_torchreid_weights(self.model, self.path, allow_unsafe_pickle=allow_unsafe_pickle)
         self.model.eval()
@@ -98,6 +105,8 @@ class CheckpointTeacher:
         self.batch_size = batch_size
         self._normalize = Normalizer()
         self._compiled = None
+        if backend == "auto" and self.device != "cpu":
+            backend = "torch"  # on a GPU: torch on the device
         if backend in ("auto", "openvino"):
             try:
                 import openvino as ov
@@ -114,7 +123,12 @@ class CheckpointTeacher:
                 self._compiled = ov.Core().compile_model(ov_model, "CPU", config)
         self.backend = "openvino" if self._compiled is not None else "torch"
         if self._compiled is None:
-            self.model = self.model.to(memory_format=torch.channels_last)
+            self.model = self.model.to(self.device, memory_format=torch.channels_last)
+
+    @property
+    def num_classes(self) -> int:
+        """Rows of the checkpoint's classifier (0 without one)."""
+        return 0 if self.classifier is None else int(self.classifier[0].shape[0])
 
     @property
     def map_channels(self) -> int:
@@ -127,9 +141,18 @@ class CheckpointTeacher:
     def embed_with_maps(self, views: np.ndarray, map_hw: Optional[tuple[int, int]]) -> tuple[np.ndarray, Optional[np.ndarray]]:
         """Embeddings (L2-normalised) and, when ``map_hw`` is given, the conv5 feature maps
         average-pooled to ``map_hw`` (the student's map size), float16 to keep the cache small."""
+        emb, _, maps = self.outputs(views, map_hw, logits=False)
+        return emb, maps
+
+    def outputs(self, views: np.ndarray, map_hw: Optional[tuple[int, int]] = None,
+                logits: bool = False) -> tuple[np.ndarray, Optional[np.ndarray], Optional[np.ndarray]]:
+        """(L2-normalised embeddings, the classifier's logits on the raw embeddings or None,
+        conv5 maps pooled to ``map_hw`` or None): everything a distillation target needs, one pass."""
         import torch
         import torch.nn.functional as F
 
+        if logits and self.classifier is None:
+            raise ValueError(f"teacher {self.path.name} has no classifier: the logit loss needs one")
         out = np.empty((len(views), self.dim), dtype=np.float32)
         maps = None if map_hw is None else np.empty((len(views), self.map_channels, *map_hw), dtype=np.float16)
         for s in range(0, len(views), self.batch_size):
@@ -139,19 +162,24 @@ class CheckpointTeacher:
                 emb, fmap = result[0], result[1]
             else:
                 with torch.no_grad():
-                    t = torch.from_numpy(x).contiguous(memory_format=torch.channels_last)
+                    t = torch.from_numpy(x).to(self.device).contiguous(memory_format=torch.channels_last)
                     e, f = _EmbeddingAndMaps(self.model)(t)
-                    emb, fmap = e.numpy(), f
+                    emb, fmap = e.cpu().numpy(), f
             out[s:s + len(x)] = emb
             if maps is not None:
-                f = torch.as_tensor(np.asarray(fmap))
-                maps[s:s + len(x)] = F.adaptive_avg_pool2d(f.float(), map_hw).numpy().astype(np.float16)
-        return l2_normalize(out), maps
+                f = torch.as_tensor(np.asarray(fmap)) if not isinstance(fmap, torch.Tensor) else fmap
+                maps[s:s + len(x)] = F.adaptive_avg_pool2d(f.float(), map_hw).cpu().numpy().astype(np.float16)
+        scores = None
+        if logits:
+            weight, bias = self.classifier
+            scores = (out @ weight.T + bias).astype(np.float32)
+        return l2_normalize(out), scores, maps
 
     def describe(self) -> dict:
         return {"kind": "checkpoint", "source": str(self.path.resolve()), "sha256": self.sha256,
                 "width": self.width, "variant": self.variant, "res": self.res,
-                "input_size": list(self.input_size), "dim": self.dim, "backend": self.backend}
+                "input_size": list(self.input_size), "dim": self.dim, "backend": self.backend,
+                "classes": self.num_classes}
 
 
 class BundleTeacher:
@@ -208,7 +236,8 @@ class ForeignTeacher:
 
 
 def load_teacher(spec: str | os.PathLike, res: float = 1.0, input_format: Optional[str] = None,
-                 backend: str = "auto", threads: Optional[int] = None, allow_unsafe_pickle: bool = False) -> Teacher:
+                 backend: str = "auto", threads: Optional[int] = None, allow_unsafe_pickle: bool = False,
+                 device: str = "cpu") -> Teacher:
     """A teacher from a checkpoint file, a bundle directory, or a foreign .onnx / .xml model.
 
     ``res`` applies to checkpoints only (bundles and foreign models have a fixed input size);
@@ -226,6 +255,6 @@ def load_teacher(spec: str | os.PathLike, res: float = 1.0, input_format: Option
         return ForeignTeacher(path, input_format=input_format, threads=threads)
     if suffix in CHECKPOINT_SUFFIXES:
         return CheckpointTeacher(path, res=res, backend=backend, threads=threads,
-                                 allow_unsafe_pickle=allow_unsafe_pickle)
+                                 allow_unsafe_pickle=allow_unsafe_pickle, device=device)
     raise ValueError(f"teacher {path}: expected a checkpoint ({', '.join(CHECKPOINT_SUFFIXES)}), a bundle "
                      "folder, an .onnx model or an OpenVINO .xml")

@@ -137,11 +137,16 @@ def render(img: np.ndarray, flip: bool, rect: np.ndarray, erase: np.ndarray,
                              flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP, borderMode=cv2.BORDER_REPLICATE)
     if not np.isnan(erase[0]):
         out = np.array(out)  # writable copy
-        ex0, ey0, ex1, ey1 = erase
-        c0, c1 = int(round(ex0 * ow)), max(int(round(ex1 * ow)), int(round(ex0 * ow)) + 1)
-        r0, r1 = int(round(ey0 * oh)), max(int(round(ey1 * oh)), int(round(ey0 * oh)) + 1)
-        out[r0:r1, c0:c1] = ERASE_FILL_BGR
+        out[_erased_pixels(erase, oh, ow)] = ERASE_FILL_BGR
     return np.ascontiguousarray(out)
+
+
+def _erased_pixels(erase: np.ndarray, oh: int, ow: int) -> tuple[slice, slice]:
+    """Rows and columns of an (oh, ow) image that the normalised rectangle ``erase`` covers (>= 1 pixel)."""
+    ex0, ey0, ex1, ey1 = (float(v) for v in erase)
+    c0, c1 = int(round(ex0 * ow)), max(int(round(ex1 * ow)), int(round(ex0 * ow)) + 1)
+    r0, r1 = int(round(ey0 * oh)), max(int(round(ey1 * oh)), int(round(ey0 * oh)) + 1)
+    return slice(r0, r1), slice(c0, c1)
 
 
 def render_batch(images: Sequence[np.ndarray], views: ViewSet, indices: Sequence[int],
@@ -150,4 +155,17 @@ def render_batch(images: Sequence[np.ndarray], views: ViewSet, indices: Sequence
     out = np.empty((len(indices), out_hw[0], out_hw[1], 3), dtype=np.uint8)
     for j, i in enumerate(indices):
         out[j] = render(images[i], bool(views.flip[i]), views.rect[i], views.erase[i], out_hw)
+    return out
+
+
+def erase_batch(batch: np.ndarray, erase: np.ndarray) -> np.ndarray:
+    """A copy of ``batch`` (N, H, W, 3) uint8 with row i's rectangle ``erase[i]`` (normalised x0, y0,
+    x1, y1; NaN = none) filled like :func:`render` fills it: random erasing on cached student views."""
+    if len(erase) != len(batch):
+        raise ValueError(f"{len(erase)} erase rectangles for {len(batch)} images")
+    out = np.array(batch)
+    oh, ow = batch.shape[1:3]
+    for i in np.nonzero(~np.isnan(erase[:, 0]))[0]:
+        rows, cols = _erased_pixels(erase[i], oh, ow)
+        out[i, rows, cols] = ERASE_FILL_BGR
     return out
