@@ -19,9 +19,11 @@ _REGISTRY = {
     "openvino": ("osnet_edge.runtimes.openvino", "OpenVinoRuntime"),
     "tensorrt": ("osnet_edge.runtimes.tensorrt", "TensorRtRuntime"),
     "litert": ("osnet_edge.runtimes.litert", "LiteRtRuntime"),
+    "rknn": ("osnet_edge.runtimes.rknn", "RknnRuntime"),
+    "rknn-sim": ("osnet_edge.runtimes.rknn_sim", "RknnSimulatorRuntime"),
     "torch": ("osnet_edge.runtimes.torch", "TorchRuntime"),
 }
-DEVICE_RUNTIMES = ("onnxruntime", "openvino", "tensorrt", "litert")
+DEVICE_RUNTIMES = ("onnxruntime", "openvino", "tensorrt", "litert", "rknn")
 
 
 def names() -> list[str]:
