@@ -17,6 +17,7 @@ from ..bundle import PRECISIONS, RANDOM_WEIGHTS_SEED, TARGETS, Bundle, BundleWri
 from ..models import FEATURE_DIM, build_osnet, input_size, load_torchreid_weights, random_model
 from ..notices import RandomWeightsWarning, UnadaptedResolutionWarning, random_weights_advice
 from ..preprocess import DEFAULT_INTERPOLATION, IMAGENET_MEAN, IMAGENET_STD
+from .graph import DEFAULT_GLOBAL_POOL, check_global_pool
 from .onnx import DEFAULT_OPSET, INPUT_NAME, OUTPUT_NAME, convert_fp16, save_openvino_ir, to_onnx
 
 log = logging.getLogger("osnet_edge.export")
@@ -100,12 +101,13 @@ def _preprocess_description(fused: bool, layout: str = "NCHW") -> str:
 def _export_onnx_family(model: nn.Module, folder: Path, hw: tuple[int, int], target: str, precision: str,
                         fuse_preprocess: bool, calibration: Any, calib_method: str | None, opset: int, max_batch: int,
                         trained: bool, step: Callable[[str], None], progress: bool,
-                        quant_options: dict) -> tuple[dict, dict | None, dict | None]:
+                        quant_options: dict, global_pool: str = DEFAULT_GLOBAL_POOL
+                        ) -> tuple[dict, dict | None, dict | None]:
     """model.onnx (onnxruntime, tensorrt) or model.xml/.bin (openvino) in ``folder``; returns
     (build info, calibration info, quantization report)."""
     onnx_path = folder / "model.onnx"
     step(f"exporting ONNX (opset {opset}, input {hw[0]}x{hw[1]}, dynamic batch)")
-    fp32_path = to_onnx(model, folder / "model_fp32.onnx", hw, opset, fuse_preprocess)
+    fp32_path = to_onnx(model, folder / "model_fp32.onnx", hw, opset, fuse_preprocess, global_pool=global_pool)
     calibration_info, quant_report, build = None, None, {}
     if precision == "int8":
         from ..quantize import quantize
@@ -229,19 +231,22 @@ def export_bundle(out: str | os.PathLike, width: float = 1.0, res: float = 1.0, 
                   calib_method: str | None = None, interpolation: str = DEFAULT_INTERPOLATION,
                   opset: int = DEFAULT_OPSET, allow_unsafe_pickle: bool = False, overwrite: bool = True,
                   model: nn.Module | None = None, on_step: Callable[[str], None] | None = None,
-                  random_seed: int = RANDOM_WEIGHTS_SEED, **quant_options: Any) -> Bundle:
+                  random_seed: int = RANDOM_WEIGHTS_SEED, global_pool: str = DEFAULT_GLOBAL_POOL,
+                  **quant_options: Any) -> Bundle:
     """Export OSNet (``width``, ``res``, ``variant``) as a bundle for ``target`` at ``precision``.
 
     ``weights``: a torchreid checkpoint; None exports random weights initialised from
     ``random_seed`` (accuracy meaningless: warns, and the manifest says so). Full-resolution
     weights exported at ``res`` < 1 without adaptation warn with the measured accuracy drop.
     ``calibration``: a CalibrationSet (int8 only). ``model`` lets a caller pass an already
-    built (e.g. adapted) network instead of width/variant/weights.
+    built (e.g. adapted) network instead of width/variant/weights. ``global_pool``: the op ONNX-family
+    graphs write global average pools as (export.graph.GLOBAL_POOL_OPS; the manifest records it).
     """
     from ..profiler.counting import count_macs, count_params
 
     step = on_step or (lambda msg: log.info(msg))
     _check_request(target, precision, max_batch, calibration)
+    check_global_pool(global_pool)
     hw = input_size(res)
     model, width, variant, weights_info, seed = _resolve_model(model, width, variant, weights, res, random_seed,
                                                                allow_unsafe_pickle, step)
@@ -261,7 +266,7 @@ def export_bundle(out: str | os.PathLike, width: float = 1.0, res: float = 1.0, 
         else:
             build, calibration_info, quant_report = _export_onnx_family(
                 model, w.path, hw, target, precision, fuse_preprocess, calibration, calib_method, opset,
-                max_batch, trained, step, on_step is not None, quant_options)
+                max_batch, trained, step, on_step is not None, quant_options, global_pool)
         w.manifest.update({
             "model": {"variant": variant, "width": float(width), "res": float(res), "input_size": list(hw),
                       "input_size_order": "HW", "embedding_dim": FEATURE_DIM, "params": params,
@@ -278,7 +283,7 @@ def export_bundle(out: str | os.PathLike, width: float = 1.0, res: float = 1.0, 
             "runtime": target, "precision": precision, "max_batch": max_batch,
             "calibration": calibration_info, "quantization": quant_report, "build": build or None,
             "versions": _versions(target), "opset": None if target == "litert" else opset,
-            "graph_form": GRAPH_FORMS[target],
+            "graph_form": GRAPH_FORMS[target], "global_pool": None if target == "litert" else global_pool,
         })
     assert w.bundle is not None
     return w.bundle
