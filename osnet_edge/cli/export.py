@@ -9,6 +9,7 @@ import warnings
 from typing import Any, Sequence
 
 from .common import CliError, Parser, check_model_sizes
+from .export_rknn import add_rknn_flags, check_rknn_flags, rknn_options
 
 EXAMPLES = """\
 examples:
@@ -37,9 +38,10 @@ def build_parser() -> Parser:
                         "multiples of 0.125 give sizes divisible by 16 (default 1.0)")
     p.add_argument("--variant", choices=["osnet", "ibn", "ain"], default="osnet",
                    help="osnet (plain), ibn (OSNet-IBN) or ain (OSNet-AIN) (default osnet)")
-    p.add_argument("--target", choices=["onnxruntime", "openvino", "tensorrt", "litert"], default="onnxruntime",
-                   help="runtime the bundle is for: onnxruntime, openvino, tensorrt, or litert (TFLite + XNNPACK, "
-                        "the CPU runtime of ARM cameras) (default onnxruntime)")
+    p.add_argument("--target", choices=["onnxruntime", "openvino", "tensorrt", "litert", "rknn"], default="onnxruntime",
+                   help="runtime the bundle is for: onnxruntime, openvino, tensorrt, litert (TFLite + XNNPACK, "
+                        "the CPU runtime of ARM cameras) or rknn (Rockchip NPU, see --rknn-platform) (default "
+                        "onnxruntime)")
     p.add_argument("--precision", choices=["fp32", "fp16", "bf16", "int8"], default="fp32",
                    help="fp32; fp16 (host-converted ONNX / fp16 IR / fp16 tflite weights); bf16 (OpenVINO on CPUs "
                         "with bf16); int8 (needs --calib) (default fp32)")
@@ -74,6 +76,7 @@ def build_parser() -> Parser:
     p.add_argument("--threads", type=int, default=None, help="threads for the post-export check")
     p.add_argument("--no-verify", action="store_true", help="skip the post-export Extractor check and timing")
     p.add_argument("--force", action="store_true", help="replace an existing --out directory")
+    add_rknn_flags(p)
     return p
 
 
@@ -99,8 +102,9 @@ def _require_packages(args: argparse.Namespace) -> None:
     """Fail before any work, naming the extra, when this host lacks what the target needs."""
     import importlib.util
 
-    needed = {"openvino": "openvino", "tensorrt": None, "onnxruntime": None, "litert": "litert_torch"}[args.target]
-    if args.precision == "int8":
+    needed = {"openvino": "openvino", "tensorrt": None, "onnxruntime": None, "litert": "litert_torch",
+              "rknn": "onnxruntime"}[args.target]
+    if args.precision == "int8" and args.target != "rknn":
         needed = {"openvino": "nncf", "onnxruntime": "onnxruntime", "tensorrt": "onnxruntime",
                   "litert": "ai_edge_quantizer"}[args.target]
     elif args.target == "litert" and args.precision == "fp16":
@@ -122,6 +126,7 @@ def _check_flags(args: argparse.Namespace) -> str:
         raise CliError("--min-cosine (mixed precision) exists for the ONNX targets only; litert INT8 is full-integer")
     if args.int8_placement is not None and (args.precision != "int8" or args.target not in ("onnxruntime", "openvino")):
         raise CliError("--int8-placement applies to --precision int8 on --target onnxruntime or openvino")
+    check_rknn_flags(args)
     if args.weights and not os.path.isfile(args.weights):
         raise CliError(f"--weights {args.weights}: no such file")
     if args.calib and not os.path.isdir(args.calib):
@@ -137,7 +142,7 @@ def _check_flags(args: argparse.Namespace) -> str:
 
 def _calibration(args: argparse.Namespace, hw: tuple[int, int]) -> Any:
     """The CalibrationSet for --precision int8 (None otherwise), refused when it holds evaluation images."""
-    if args.precision != "int8":
+    if args.precision != "int8" and args.target != "rknn":  # rknn fp16: held-out crops for the simulator's fidelity
         return None
     from osnet_edge.calibration import CalibrationSet
     from osnet_edge.data import assert_disjoint_from_protocols, refuse_evaluation_folder, shared_data_dir
@@ -198,7 +203,7 @@ def export(args: argparse.Namespace) -> int:
         print(f"WARNING: no --weights: exporting a RANDOMLY INITIALISED model: {random_weights_advice()}",
               file=sys.stderr)
     t0 = time.perf_counter()
-    quant = {}
+    quant = rknn_options(args)
     if args.min_cosine is not None:
         quant["min_cosine"] = args.min_cosine
     if args.int8_placement is not None:
@@ -242,6 +247,9 @@ def verify(bundle: Any, args: argparse.Namespace, runtimes_for_target: Sequence[
                   f"{check['cosine_min']:.6f}, max abs diff {check['max_abs_diff']:.2e}")
         else:
             print("check vs torch skipped: no reference weights (random model)")
+        if rt == "rknn-sim":  # the x86 simulator's speed says nothing about the NPU's
+            print("rknn-sim: the rebuild reproduced the export's simulator rows on the probe crops; not timed")
+            return
         one = crops[:1]
         t = time_call(lambda: ext(one), min_time=1.0)
         threads = ext.threads if ext.threads is not None else "the runtime's choice"
