@@ -29,13 +29,14 @@ FORMAT = "osnet-edge-bundle"
 FORMAT_VERSION = 2
 READABLE_FORMAT_VERSIONS = (1, 2)
 MANIFEST = "manifest.json"
-TARGETS = ("onnxruntime", "openvino", "tensorrt", "litert")
+TARGETS = ("onnxruntime", "openvino", "tensorrt", "litert", "rknn")
 PRECISIONS = ("fp32", "fp16", "bf16", "int8")
 # Which runtimes may execute a bundle made for a target. A tensorrt bundle's ONNX already
 # carries its final precision (fp16 / explicit Q/DQ), so ONNX Runtime runs the very network
 # TensorRT builds; other cross-runtime uses would silently change precision, so they fail.
 COMPATIBLE_RUNTIMES = {"onnxruntime": ("onnxruntime",), "openvino": ("openvino",),
-                       "tensorrt": ("tensorrt", "onnxruntime"), "litert": ("litert",)}
+                       "tensorrt": ("tensorrt", "onnxruntime"), "litert": ("litert",),
+                       "rknn": ("rknn", "rknn-sim")}  # rknn-sim: the x86 simulator rebuilds the same model
 REQUIRED_KEYS = ("format", "format_version", "model", "preprocess", "runtime", "precision", "files")
 # Seed of the random initialisation when a bundle is exported without weights: every runtime and
 # precision of such a configuration then holds the same network (fidelity compares like with like).

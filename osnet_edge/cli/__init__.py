@@ -33,6 +33,8 @@ COMMANDS: dict[str, Command] = {
     "profile": Command("profile", "params, mult-adds and latency per width x resolution x runtime x precision x "
                                   "batch", False),
     "report": Command("report", "latency / accuracy trade-off report for this machine (Markdown, CSV, plots)", False),
+    "setup": Command("setup", "make the isolated venv of a vendor toolchain (rknn: rknn-toolkit2 for --target rknn)",
+                     False),
     "int8-fidelity": Command("int8_fidelity", "INT8 vs FP32 cosine and rank-1 / mAP per runtime, resolution and "
                                               "protocol", True),
 }
