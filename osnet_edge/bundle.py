@@ -121,6 +121,29 @@ class Bundle:
             return bool(m["random_weights"])
         return m.get("weights") is None and not m.get("adaptation")
 
+    @property
+    def variant_names(self) -> list[str]:
+        """The variants this bundle carries: its primary model (named by its precision) first, then those
+        under ``variants/`` (e.g. ``["fp32", "int8"]``). The device picks one (:mod:`osnet_edge.tuning`)."""
+        return [self.manifest.get("variant", self.precision), *self.manifest.get("variants", {})]
+
+    def variant(self, name: str | None) -> "Bundle":
+        """The bundle as one of its variants: the primary (``name`` None or the primary's name) is this bundle
+        itself; another is a view rooted at its folder, with its precision, files and INT8 record."""
+        primary = self.manifest.get("variant", self.precision)
+        if name is None or name == primary:
+            return self
+        variants = self.manifest.get("variants", {})
+        if name not in variants:
+            raise BundleError(f"bundle {self.path} has no variant {name!r} (variants: {', '.join(self.variant_names)})")
+        entry = variants[name]
+        prefix = entry["path"].rstrip("/") + "/"
+        files = {k[len(prefix):]: v for k, v in self.manifest["files"].items() if k.startswith(prefix)}
+        manifest = {k: v for k, v in self.manifest.items() if k not in ("variants", "files")}
+        manifest.update({k: v for k, v in entry.items() if k != "path"}, variant=name, files=files,
+                        variant_of=str(self.path))
+        return Bundle(path=self.path / entry["path"], manifest=manifest)
+
     def check_runtime(self, runtime: str) -> None:
         allowed = COMPATIBLE_RUNTIMES.get(self.runtime, (self.runtime,))
         if runtime not in allowed:

@@ -165,6 +165,9 @@ class Extractor:
     runtime's natural device (CPU for ONNX Runtime / OpenVINO, the first GPU for TensorRT).
     ``color`` is the channel order of the crops this application passes: "bgr" (OpenCV, the
     default) or "rgb" (PIL, most other libraries); it is the caller's fact, not the bundle's.
+    ``variant``: for a bundle carrying several variants (e.g. fp32 + int8), which to load: a name,
+    None/"auto" (this machine's choice recorded by ``osnet-edge tune``, else the primary) or "tune"
+    (time the variants at first load on this machine and record the choice; see osnet_edge.tuning).
 
     Thread safety: one Extractor may be shared between threads. Preprocessing runs in the
     caller's thread; the runtime call is serialised by a lock (runtimes' request objects are
@@ -173,15 +176,21 @@ class Extractor:
 
     def __init__(self, bundle: str | os.PathLike | Bundle, runtime: str | None = None, device: str | None = None,
                  threads: int | None = None, batch_size: int = 32, verify: bool = True, color: str = "bgr",
-                 **runtime_options) -> None:
+                 variant: str | None = None, **runtime_options) -> None:
         from . import runtimes
+        from .tuning import choose_variant
 
         self.color = check_color(color)
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
         if runtime is not None and runtime not in runtimes.names():
             raise ValueError(f"unknown runtime {runtime!r}; known: {', '.join(runtimes.names())}")
-        self.bundle = bundle if isinstance(bundle, Bundle) else load_bundle(bundle, verify=verify)
+        loaded = bundle if isinstance(bundle, Bundle) else load_bundle(bundle, verify=verify)
+        # a bundle with several variants (e.g. fp32 + int8): this machine's tuned choice, else the primary
+        self.variant = choose_variant(loaded, variant, runtime, threads, open_extractor=lambda b, name: Extractor(
+            b, runtime=runtime, device=device, threads=threads, batch_size=batch_size, color=color, variant=name,
+            **runtime_options))
+        self.bundle = loaded.variant(self.variant)
         pre = self.bundle.manifest["preprocess"]
         self.interpolation = pre.get("interpolation", "pil")
         if self.interpolation not in INTERPOLATIONS:

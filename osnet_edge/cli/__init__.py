@@ -35,6 +35,8 @@ COMMANDS: dict[str, Command] = {
     "report": Command("report", "latency / accuracy trade-off report for this machine (Markdown, CSV, plots)", False),
     "setup": Command("setup", "make the isolated venv of a vendor toolchain (rknn: rknn-toolkit2 for --target rknn)",
                      False),
+    "tune": Command("tune", "on the camera: time a bundle's variants (fp32 / int8) and keep the fastest meeting its "
+                            "fidelity target here", False),
     "int8-fidelity": Command("int8_fidelity", "INT8 vs FP32 cosine and rank-1 / mAP per runtime, resolution and "
                                               "protocol", True),
 }

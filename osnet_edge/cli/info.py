@@ -63,6 +63,8 @@ def describe(path: str | os.PathLike, manifest: Mapping[str, Any], checks: Seque
              f"preprocessing: {_preprocess_line(m['preprocess'])}"]
     if m.get("calibration") or m.get("quantization"):
         lines.append(f"int8:          {_int8_line(m.get('calibration'), m.get('quantization'))}")
+    if m.get("variants"):
+        lines += _variant_lines(path, m)
     versions = m.get("versions") or {}
     made_with = ", ".join(f"{k} {v}" for k, v in versions.items() if v)
     lines.append(f"format:        {m['format']} version {m['format_version']}, created {m.get('created', 'unknown')}"
@@ -72,6 +74,23 @@ def describe(path: str | os.PathLike, manifest: Mapping[str, Any], checks: Seque
         size = f"{c.size / 1e6:.2f} MB" if c.size is not None else "size ?"
         lines.append(f"  {c.status:<8}  {c.name}  ({size}, sha256 {c.sha256[:16]}...)")
     return "\n".join(lines)
+
+
+def _variant_lines(path: str | os.PathLike, m: Mapping[str, Any]) -> list[str]:
+    """The variants a bundle carries with their fidelity, and this machine's tuned choice (osnet-edge tune)."""
+    from osnet_edge.bundle import Bundle
+    from osnet_edge.tuning import read_record
+
+    parts = [f"{m.get('variant', m['precision'])} (primary)"]
+    for name, entry in m["variants"].items():
+        fid = ((entry.get("quantization") or {}).get("fidelity")) or {}
+        parts.append(f"{name} in {entry['path']}/" + (f" (cosine {fid['cosine_mean']:.4f} / p1 {fid['cosine_p1']:.4f})"
+                                                      if fid else ""))
+    record = read_record(Bundle(Path(path), dict(m)))
+    tuned = (f"{record['chosen']} ({record['machine']['runtime']} {record['machine']['runtime_version']}, "
+             f"threads {record['machine']['threads'] or 'auto'}, batch {record['batch']}, {record['created']})"
+             if record else "not yet: run osnet-edge tune on this machine (until then the primary loads)")
+    return [f"variants:      {', '.join(parts)}", f"tuned here:    {tuned}"]
 
 
 def _model_line(model: Mapping[str, Any]) -> str:

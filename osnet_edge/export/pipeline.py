@@ -24,7 +24,8 @@ log = logging.getLogger("osnet_edge.export")
 
 # Precisions each target can honour. bf16 is an OpenVINO CPU execution hint (fp32 IR).
 TARGET_PRECISIONS = {"onnxruntime": ("fp32", "fp16", "int8"), "openvino": ("fp32", "fp16", "bf16", "int8"),
-                     "tensorrt": ("fp32", "fp16", "int8"), "litert": ("fp32", "fp16", "int8")}
+                     "tensorrt": ("fp32", "fp16", "int8"), "litert": ("fp32", "fp16", "int8"),
+                     "rknn": ("fp16", "int8")}  # per platform: quantize.rknn.PLATFORM_PRECISIONS
 
 
 # Measured (scripts/evaluate.py, Market-1501 protocol): what exporting full-resolution weights at a
@@ -39,7 +40,7 @@ UNADAPTED_DROP = ("x0.25 Market-1501 checkpoint at res 0.5 on Market-1501: rank-
 # 0.67-0.87x at batch 8; OpenVINO 0.96-1.18x at batch 1, 0.68-0.97x at batch 8; LiteRT 0.86-0.96x
 # at batch 1. The plain graph keeps per-stream tensors in cache; the runtimes already fold BN and
 # fuse Conv+ReLU, so fewer nodes buy little. Every target therefore ships the plain graph.
-GRAPH_FORMS = {"onnxruntime": "plain", "openvino": "plain", "tensorrt": "plain", "litert": "plain"}
+GRAPH_FORMS = {"onnxruntime": "plain", "openvino": "plain", "tensorrt": "plain", "litert": "plain", "rknn": "plain"}
 
 
 
@@ -49,7 +50,7 @@ def _versions(target: str) -> dict[str, str]:
     out = {"osnet_edge": __version__, "torch": torch.__version__, "onnx": onnx.__version__,
            "python": platform.python_version()}
     for pkg in {"onnxruntime": ["onnxruntime"], "openvino": ["openvino"],
-                "tensorrt": ["onnxruntime"], "litert": []}[target]:
+                "tensorrt": ["onnxruntime"], "litert": [], "rknn": ["onnxruntime"]}[target]:
         with contextlib.suppress(Exception):
             mod = __import__(pkg)
             out[pkg] = getattr(mod, "__version__", None) or mod.get_version()
@@ -191,7 +192,7 @@ def _check_request(target: str, precision: str, max_batch: int, calibration: Any
     if precision == "int8" and calibration is None:
         raise ValueError("--precision int8 needs a calibration set of person crops (--calib DIR): "
                          "INT8 ranges come from real images, never from random data")
-    if precision != "int8" and calibration is not None:
+    if precision != "int8" and calibration is not None and target != "rknn":
         raise ValueError("a calibration set is only used with --precision int8")
     if precision == "bf16":
         from ..runtimes.openvino import cpu_supports_bf16
@@ -245,6 +246,7 @@ def export_bundle(out: str | os.PathLike, width: float = 1.0, res: float = 1.0, 
     from ..profiler.counting import count_macs, count_params
 
     step = on_step or (lambda msg: log.info(msg))
+    fuse_preprocess = fuse_preprocess or target == "rknn"  # the .rknn takes uint8 crops, mean/std fused by the toolkit
     _check_request(target, precision, max_batch, calibration)
     check_global_pool(global_pool)
     hw = input_size(res)
@@ -258,7 +260,12 @@ def export_bundle(out: str | os.PathLike, width: float = 1.0, res: float = 1.0, 
     trained = weights_info is not None or bool(getattr(model, "adaptation", None))
     with BundleWriter(out, overwrite=overwrite) as w:
         calibration_info, quant_report, build = None, None, {}
-        if target == "litert":
+        if target == "rknn":  # fp16 too: the simulator measures fidelity on the calibration set's held-out crops
+            from .rknn import rknn_model_files
+
+            build, calibration_info, quant_report = rknn_model_files(w.path, precision, model, hw, calibration,
+                                                                     calib_method, opset, trained, step, quant_options)
+        elif target == "litert":
             build, quant_report = _export_litert(model, w.path, hw, precision, fuse_preprocess, calibration,
                                                  calib_method, trained, step, on_step is not None, quant_options)
             if quant_report is not None:
