@@ -45,6 +45,10 @@ def build_parser() -> Parser:
     p.add_argument("--precision", choices=["fp32", "fp16", "bf16", "int8"], default="fp32",
                    help="fp32; fp16 (host-converted ONNX / fp16 IR / fp16 tflite weights); bf16 (OpenVINO on CPUs "
                         "with bf16); int8 (needs --calib) (default fp32)")
+    p.add_argument("--variants", nargs="+", default=[], metavar="PRECISION",
+                   help="more precisions of the same target in the same bundle (e.g. --precision fp32 --variants "
+                        "int8): whether INT8 is faster depends on the camera's CPU, so the camera picks the fastest "
+                        "that meets the fidelity target with osnet-edge tune (the primary loads until then)")
     p.add_argument("--weights", metavar="PATH", help="torchreid checkpoint (.pth / .pth.tar), e.g. from the torchreid "
                    "model zoo: osnet_x0_25_market1501.pth, osnet_x0_25_msmt17.pth. Without it a RANDOMLY initialised "
                    "model is exported: only good for testing the pipeline. At --res < 1 use weights adapted to that "
@@ -104,7 +108,7 @@ def _require_packages(args: argparse.Namespace) -> None:
 
     needed = {"openvino": "openvino", "tensorrt": None, "onnxruntime": None, "litert": "litert_torch",
               "rknn": "onnxruntime"}[args.target]
-    if args.precision == "int8" and args.target != "rknn":
+    if "int8" in (args.precision, *args.variants) and args.target != "rknn":
         needed = {"openvino": "nncf", "onnxruntime": "onnxruntime", "tensorrt": "onnxruntime",
                   "litert": "ai_edge_quantizer"}[args.target]
     elif args.target == "litert" and args.precision == "fp16":
@@ -119,6 +123,10 @@ def _check_flags(args: argparse.Namespace) -> str:
     """Flag combinations and paths checked before any work; returns the output folder."""
     from osnet_edge.export import TARGET_PRECISIONS
 
+    bad = [v for v in args.variants if v not in TARGET_PRECISIONS[args.target] or v == args.precision]
+    if bad:
+        raise CliError(f"--variants {' '.join(bad)}: each must be another precision of --target {args.target} "
+                       f"({', '.join(TARGET_PRECISIONS[args.target])}), not the primary --precision")
     if args.precision not in TARGET_PRECISIONS[args.target]:  # before any work (export_bundle says the same)
         raise CliError(f"--target {args.target} supports --precision {', '.join(TARGET_PRECISIONS[args.target])}, "
                        f"not {args.precision}")
@@ -131,7 +139,7 @@ def _check_flags(args: argparse.Namespace) -> str:
         raise CliError(f"--weights {args.weights}: no such file")
     if args.calib and not os.path.isdir(args.calib):
         raise CliError(f"--calib {args.calib}: no such directory")
-    if args.precision == "int8" and not args.calib:
+    if "int8" in (args.precision, *args.variants) and not args.calib:
         raise CliError("--precision int8 needs --calib DIR (person crops to calibrate on); "
                        "osnet_edge never calibrates on random data")
     out = args.out or default_out(args)
@@ -142,7 +150,8 @@ def _check_flags(args: argparse.Namespace) -> str:
 
 def _calibration(args: argparse.Namespace, hw: tuple[int, int]) -> Any:
     """The CalibrationSet for --precision int8 (None otherwise), refused when it holds evaluation images."""
-    if args.precision != "int8" and args.target != "rknn":  # rknn fp16: held-out crops for the simulator's fidelity
+    # rknn fp16: held-out crops for the simulator's fidelity
+    if "int8" not in (args.precision, *args.variants) and args.target != "rknn":
         return None
     from osnet_edge.calibration import CalibrationSet
     from osnet_edge.data import assert_disjoint_from_protocols, refuse_evaluation_folder, shared_data_dir
@@ -209,7 +218,8 @@ def export(args: argparse.Namespace) -> int:
     if args.int8_placement is not None:
         quant["placement"] = args.int8_placement
     bundle = export_bundle(out, width=args.width, res=args.res, variant=args.variant, target=args.target,
-                           precision=args.precision, weights=args.weights, fuse_preprocess=args.fuse_preprocess,
+                           precision=args.precision, variants=args.variants, weights=args.weights,
+                           fuse_preprocess=args.fuse_preprocess,
                            max_batch=args.max_batch, calibration=calibration, calib_method=args.calib_method,
                            interpolation=args.interpolation, opset=args.opset,
                            allow_unsafe_pickle=args.allow_unsafe_pickle, overwrite=True,
