@@ -1,5 +1,6 @@
 """``osnet-edge profile``: params, mult-adds and latency of OSNet per width x resolution x variant x runtime x
-precision x batch."""
+precision x batch, or the latency of bundles that already exist (``osnet-edge profile BUNDLE ...``: device side
+only, so a camera without torch times what the host exported)."""
 from __future__ import annotations
 
 import json
@@ -9,6 +10,8 @@ from .common import CliError, Parser, check_model_sizes
 
 EXAMPLES = """\
 examples:
+  # on a camera (no torch): time bundles the host exported, batch 1 and 8 (bundle paths come first)
+  osnet-edge profile bundles/x0.25_r0.5_onnxruntime_fp32 bundles/x0.25_r0.5_litert_fp32 --batch 1 8
   # the paper's Table 6 (counts only, no runtime needed)
   osnet-edge profile --width 1.0 0.75 0.5 0.25 --res 1.0 0.75 0.5 0.25 --no-latency --json table6.json
   # latency of x0.25 at two resolutions on ONNX Runtime and OpenVINO, fp32 and int8, batch 1 and 8
@@ -18,14 +21,25 @@ examples:
 """
 
 
+# Options that choose or build the grid's configurations: a given bundle already fixes them. Their defaults
+# are applied after parsing, so that bundle paths can refuse them when they were given.
+GRID_ONLY = ("width", "res", "variant", "precision", "weights", "weights_for", "calib", "work")
+
+
 def build_parser() -> Parser:
     from osnet_edge.profiler import add_grid_arguments
 
     p = Parser(command="profile", description="Profile OSNet configurations: exact params and mult-adds (the paper's counting: "
                "conv + linear multiply-accumulates of one image, classifier excluded) and latency per runtime, "
-               "precision and batch, measured end to end through the Extractor and on the bare runtime.",
+               "precision and batch, measured end to end through the Extractor and on the bare runtime. "
+               "Given BUNDLE paths, times those bundles as they are (no torch needed).",
                epilog=EXAMPLES)
+    p.add_argument("bundles", nargs="*", metavar="BUNDLE",
+                   help="bundle folders to time as they are, each on its own runtime (or --runtime); "
+                        "--width/--res/--variant/--precision/--weights/--calib/--work do not apply to them")
     add_grid_arguments(p)
+    p.grid_defaults = {dest: p.get_default(dest) for dest in GRID_ONLY + ("runtime",)}
+    p.set_defaults(**{dest: None for dest in GRID_ONLY + ("runtime",)})
     p.add_argument("--no-latency", action="store_true", help="counts only (needs no runtime)")
     p.add_argument("--json", metavar="PATH", help="write the rows as a JSON list (latency: appended as they "
                    "finish; a rerun skips rows already there)")
@@ -46,8 +60,31 @@ def print_table(rows: list[dict]) -> None:
         print("  ".join(v.rjust(w) for v, w in zip(l, widths)))
 
 
+def parse_args(argv: Sequence[str] | None) -> object:
+    """The command's options; grid options get their defaults only when no BUNDLE path was given."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.bundles:
+        given = [f"--{dest.replace('_', '-')}" for dest in GRID_ONLY if getattr(args, dest) is not None]
+        if args.no_latency:
+            given.append("--no-latency")
+        if given:
+            raise CliError(f"{', '.join(given)}: not with BUNDLE paths (a bundle fixes its model, precision and "
+                           "weights; profile it as it is, or drop the paths to profile a grid)")
+        if args.runtime is not None and len(args.runtime) != 1:
+            raise CliError("--runtime with BUNDLE paths: give one runtime to run every bundle on (default: each "
+                           "bundle's own)")
+        return args
+    for dest, default in parser.grid_defaults.items():
+        if getattr(args, dest) is None:
+            setattr(args, dest, default)
+    return args
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = parse_args(argv)
+    if args.bundles:
+        return profile_given_bundles(args)
     check_model_sizes(args.width, args.res)
     if args.no_latency:
         from osnet_edge.profiler import count_grid
@@ -71,8 +108,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
 
     from osnet_edge.machine import machine_summary
-    from osnet_edge.profiler import (RowStore, budget_from_args, calibration_from_args, crops_from_args,
-                                     format_latency_table, grid_points, profile_grid, weights_map_from_args)
+    from osnet_edge.profiler import (RowStore, budget_from_args, calibration_from_args, crops_from_args, grid_points,
+                                     profile_grid, weights_map_from_args)
 
     points = grid_points(args.width, args.res, args.runtime, args.precision, args.variant)
     crops, crop_source = crops_from_args(args)
@@ -84,6 +121,29 @@ def main(argv: Sequence[str] | None = None) -> int:
                           device=args.device, weights=weights_map_from_args(args.weights, args.weights_for),
                           calibration=calibration_from_args(args), budget=budget_from_args(args),
                           store=store, progress=not args.no_progress)
+    return _finish(args, result)
+
+
+def profile_given_bundles(args) -> int:
+    """Latency of existing bundles on this machine: the device side only (Extractor + runtime, no torch)."""
+    from osnet_edge.machine import machine_summary
+    from osnet_edge.profiler import RowStore, budget_from_args, bundle_row_key, crops_from_args, profile_bundles
+
+    crops, crop_source = crops_from_args(args)
+    store = RowStore(args.json, args.csv, resume=not args.fresh, key_of=bundle_row_key)
+    print(f"machine: {machine_summary()}")
+    print(f"timing: {len(args.bundles)} bundle(s) x batch {args.batch} x mode {args.mode}, {args.budget_s:g} s per "
+          f"row after {args.warmup} warm-up calls, inputs: {crop_source}")
+    result = profile_bundles(args.bundles, crops, batches=args.batch, modes=args.mode, threads=args.threads,
+                             device=args.device, runtime=args.runtime[0] if args.runtime else None,
+                             budget=budget_from_args(args), store=store)
+    return _finish(args, result)
+
+
+def _finish(args, result) -> int:
+    """Print the rows and what was skipped; fail when nothing could be measured."""
+    from osnet_edge.profiler import format_latency_table
+
     if result.rows:
         print(format_latency_table(result.rows))
     for s in result.skipped:

@@ -8,6 +8,9 @@ can run on a device without torch. Latency is measured two ways on every configu
 * ``mode="runtime"``: only ``Extractor.infer_raw`` on a prepared batch, what the runtime
   and precision alone cost.
 
+Bundles that already exist (``osnet-edge profile BUNDLE ...``, :func:`profile_bundles`) are timed as they
+are, on the device side alone: a camera without torch can time what the host exported.
+
 Grids reuse a bundle export already wrote under bundles/ (same name, same network),
 else export the bundles they need (host side, torch) into a cache under a work folder so that
 reruns reuse them; they append rows to JSON/CSV as they finish and skip rows already there.
@@ -29,9 +32,10 @@ from .arguments import (adapted_resolution, add_grid_arguments, budget_from_args
 from .bundles import (DEFAULT_BUNDLE_DIR, GRID_MAX_BATCH, CalibrationProvider, Int8Unavailable, bundle_dir_for,
                       ensure_bundle, holds_network)
 from .counting import count_grid, count_macs, count_params, count_row, format_millions
-from .grid import GridResult, format_latency_table, load_crop_folder, profile_grid
+from .grid import GridResult, format_latency_table, load_crop_folder, profile_bundles, profile_grid
 from .points import GridPoint, WeightsMap, checkpoint_width, file_tag, grid_points
-from .rows import COUNT_FIELDS, KEY_FIELDS, LATENCY_FIELDS, RowStore, read_rows, row_key, rows_to_csv, weights_label
+from .rows import (COUNT_FIELDS, KEY_FIELDS, LATENCY_FIELDS, RowStore, bundle_row_key, read_rows, row_key, rows_to_csv,
+                   weights_label)
 from .timing import (MODES, RUNTIME_PACKAGES, TimingBudget, default_threads, latency_stats, measure_bundle,
                      measure_embedder, runtime_version, time_calls)
 
@@ -40,7 +44,7 @@ __all__ = ["RANDOM_WEIGHTS_SEED", "adapted_resolution", "add_grid_arguments", "b
            "parse_weights_arg", "parse_weights_for_arg", "weights_map_from_args", "DEFAULT_BUNDLE_DIR",
            "GRID_MAX_BATCH", "CalibrationProvider", "Int8Unavailable", "bundle_dir_for", "ensure_bundle",
            "holds_network", "count_grid", "count_macs", "count_params", "count_row", "format_millions", "GridResult",
-           "format_latency_table", "load_crop_folder", "profile_grid", "GridPoint", "WeightsMap", "checkpoint_width",
+           "format_latency_table", "load_crop_folder", "profile_bundles", "profile_grid", "GridPoint", "WeightsMap", "checkpoint_width",
            "file_tag", "grid_points", "COUNT_FIELDS", "KEY_FIELDS", "LATENCY_FIELDS", "RowStore", "read_rows",
-           "row_key", "rows_to_csv", "weights_label", "MODES", "RUNTIME_PACKAGES", "TimingBudget", "default_threads",
+           "row_key", "bundle_row_key", "rows_to_csv", "weights_label", "MODES", "RUNTIME_PACKAGES", "TimingBudget", "default_threads",
            "latency_stats", "measure_bundle", "measure_embedder", "runtime_version", "time_calls"]

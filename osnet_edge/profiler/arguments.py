@@ -9,6 +9,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from ..runtimes import DEVICE_RUNTIMES
 from .bundles import CalibrationProvider
 from .grid import load_crop_folder
 from .points import WeightsMap, checkpoint_width
@@ -126,7 +127,7 @@ def add_grid_arguments(p: Any, budget_s: float = 0.75, widths: Sequence[float] =
     p.add_argument("--variant", nargs="+", choices=["osnet", "ibn", "ain"], default=["osnet"],
                    help="architectures (default osnet)")
     p.add_argument("--runtime", nargs="+", default=list(runtimes) if runtimes else None,
-                   choices=["onnxruntime", "openvino", "tensorrt", "litert"],
+                   choices=list(DEVICE_RUNTIMES),
                    help="runtimes to time (default " + (show(runtimes) if runtimes else "every one available here") + ")")
     p.add_argument("--precision", nargs="+", default=list(precisions), choices=["fp32", "fp16", "bf16", "int8"],
                    help=f"precisions (default {show(precisions)}); int8 needs calibration crops (--calib)")

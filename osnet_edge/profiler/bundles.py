@@ -97,8 +97,9 @@ def _close(a: Any, b: float) -> bool:
     return a is not None and abs(float(a) - float(b)) < 1e-6
 
 
-def _load_quietly(path: Path) -> Any:
-    """load_bundle without the random-weights warning: the grid times random configurations on purpose."""
+def load_quietly(path: Path) -> Any:
+    """load_bundle without the random-weights warning: grids time random configurations on purpose, and a
+    given bundle's Extractor warns about it once itself."""
     from ..bundle import load_bundle
     from ..notices import RandomWeightsWarning
 
@@ -121,7 +122,7 @@ def ensure_bundle(work_dir: str | os.PathLike, point: GridPoint, weights: str | 
         if not (existing / "manifest.json").is_file():
             continue
         try:
-            bundle = _load_quietly(existing)
+            bundle = load_quietly(existing)
         except BundleError as exc:
             say(f"not reusing {existing}: {exc}")
             continue
@@ -131,7 +132,7 @@ def ensure_bundle(work_dir: str | os.PathLike, point: GridPoint, weights: str | 
     out = bundle_dir_for(work_dir, point, weights, calibration)
     if (out / "manifest.json").is_file():
         try:
-            return _load_quietly(out)
+            return load_quietly(out)
         except BundleError as exc:
             say(f"re-exporting {out.name}: {exc}")
     try:

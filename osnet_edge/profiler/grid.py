@@ -10,9 +10,9 @@ from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
-from .bundles import DEFAULT_BUNDLE_DIR, CalibrationProvider, Int8Unavailable, ensure_bundle
+from .bundles import DEFAULT_BUNDLE_DIR, CalibrationProvider, Int8Unavailable, ensure_bundle, load_quietly
 from .points import GridPoint, WeightsMap
-from .rows import RowStore, row_key
+from .rows import RowStore, bundle_row_key, row_key
 from .timing import MODES, TimingBudget, default_threads, measure_bundle
 
 
@@ -33,8 +33,7 @@ def _unsupported(point: GridPoint, available: Sequence[str]) -> str | None:
     if point.runtime not in TARGET_PRECISIONS:
         return f"unknown runtime {point.runtime!r} (known: {', '.join(TARGET_PRECISIONS)})"
     if point.runtime not in available:
-        return (f"runtime {point.runtime} is not available on this machine"
-                + (" (needs an NVIDIA GPU and the tensorrt package)" if point.runtime == "tensorrt" else ""))
+        return _runtime_missing(point.runtime, available)
     if point.precision not in TARGET_PRECISIONS[point.runtime]:
         return f"{point.runtime} has no {point.precision} (supported: {', '.join(TARGET_PRECISIONS[point.runtime])})"
     if point.precision == "bf16":
@@ -124,6 +123,62 @@ def profile_grid(points: Sequence[GridPoint], crops: Sequence[np.ndarray], work_
         result.rows += [r for r in store.rows if row_key(r) in keys]
     bar.close()
     return result
+
+
+def profile_bundles(paths: Sequence[str | os.PathLike], crops: Sequence[np.ndarray], batches: Sequence[int] = (1,),
+                    modes: Sequence[str] = MODES, threads: int | None = None, device: str = "cpu",
+                    runtime: str | None = None, budget: TimingBudget = TimingBudget(),
+                    store: RowStore | None = None) -> GridResult:
+    """Time bundles that already exist (``osnet-edge export`` wrote them, perhaps on another machine): the
+    camera's question "how fast is this bundle here?". Device side only: no torch, no export. Each bundle runs
+    on its own runtime unless ``runtime`` is given. A bundle that cannot load or run here is skipped with the
+    reason; rows already in ``store`` for the same bundle folder and machine are kept, not re-measured."""
+    from ..bundle import BundleError
+    from ..machine import describe_machine
+    from ..runtimes.base import resolve_threads
+
+    store = store or RowStore(key_of=bundle_row_key)
+    threads = resolve_threads(threads or default_threads())
+    machine = describe_machine()
+    result = GridResult(rows=[])
+    for given in paths:
+        folder = Path(given).resolve()
+        try:
+            bundle = load_quietly(folder)
+        except (BundleError, OSError, ValueError) as exc:
+            result.skipped.append({"config": str(given), "reason": f"not a loadable bundle: {exc}"})
+            continue
+        name = runtime or bundle.runtime
+        reason = _runtime_missing(name)
+        if reason is not None:
+            result.skipped.append({"config": str(given), "reason": reason})
+            continue
+        m = bundle.manifest["model"]
+        wanted = {bundle_row_key({"variant": m["variant"], "width": m["width"], "res": m["res"], "runtime": name,
+                                  "precision": bundle.precision, "batch": b, "threads": threads, "device": device,
+                                  "mode": mode, "cpu": machine["cpu"], "bundle": str(folder)})
+                  for b in batches for mode in modes}
+        if not wanted <= {store.key_of(r) for r in store.rows}:
+            try:
+                rows = measure_bundle(folder, crops, batches, modes, threads, device, runtime, budget, machine)
+            except Exception as exc:  # one bundle that cannot run here must not stop the others
+                first = str(exc).splitlines()[0] if str(exc) else ""
+                result.skipped.append({"config": str(given), "reason": f"{type(exc).__name__}: {first}"})
+                continue
+            for row in rows:
+                store.add(row)
+        result.rows += [r for r in store.rows if store.key_of(r) in wanted]
+    return result
+
+
+def _runtime_missing(name: str, available: Sequence[str] | None = None) -> str | None:
+    """Why runtime ``name`` cannot run here (with the extra that installs it), or None."""
+    from .. import runtimes
+
+    if name in (runtimes.available() if available is None else available):
+        return None
+    hint = " (needs an NVIDIA GPU and the tensorrt package)" if name == "tensorrt" else ""
+    return f"runtime {name} is not available on this machine{hint}: pip install 'osnet_edge[{name}]'"
 
 
 def load_crop_folder(folder: str | os.PathLike, max_images: int = 64) -> list[np.ndarray]:

@@ -6,7 +6,7 @@ import csv
 import json
 import os
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 COUNT_FIELDS = ("variant", "width", "res", "input_h", "input_w", "params", "macs")
 LATENCY_FIELDS = COUNT_FIELDS + (
@@ -27,7 +27,7 @@ def weights_label(manifest: Mapping) -> str:
     return f"adapted:{stem}" if manifest.get("adaptation") else stem
 
 def row_key(row: Mapping) -> tuple:
-    """What identifies a measurement (numbers normalised so JSON and CSV rows compare equal)."""
+    """What identifies a grid measurement (numbers normalised so JSON and CSV rows compare equal)."""
     out = []
     for k in KEY_FIELDS:
         v = row.get(k)
@@ -37,6 +37,12 @@ def row_key(row: Mapping) -> tuple:
             v = int(v)
         out.append(None if v == "" else v)
     return tuple(out)
+
+
+def bundle_row_key(row: Mapping) -> tuple:
+    """What identifies a measurement of a given bundle: :func:`row_key` plus the bundle's folder, so two
+    bundles of one configuration (other weights, fused or not) are two rows, not one replacing the other."""
+    return row_key(row) + (row.get("bundle"),)
 
 
 def _coerce(value: str) -> Any:
@@ -97,10 +103,12 @@ class RowStore:
 
     Existing rows are loaded first (JSON preferred, else CSV), so ``has(key)`` tells a
     rerun what is already measured; an interrupted run loses at most the row in progress.
+    ``key_of`` says what identifies a row (:func:`row_key` for grids, :func:`bundle_row_key` for bundles).
     """
 
     def __init__(self, json_path: str | os.PathLike | None = None, csv_path: str | os.PathLike | None = None,
-                 resume: bool = True) -> None:
+                 resume: bool = True, key_of: Callable[[Mapping], tuple] = row_key) -> None:
+        self.key_of = key_of
         self.json_path = Path(json_path) if json_path else None
         self.csv_path = Path(csv_path) if csv_path else None
         self.rows: list[dict] = []
@@ -109,15 +117,15 @@ class RowStore:
                 if p is not None and p.exists():
                     self.rows = read_rows(p)
                     break
-        self._keys = {row_key(r) for r in self.rows}
+        self._keys = {key_of(r) for r in self.rows}
 
     def has(self, key: tuple) -> bool:
         return key in self._keys
 
     def add(self, row: dict) -> None:
-        key = row_key(row)
+        key = self.key_of(row)
         if key in self._keys:  # re-measured: replace the old row
-            self.rows = [r for r in self.rows if row_key(r) != key]
+            self.rows = [r for r in self.rows if self.key_of(r) != key]
         self.rows.append(row)
         self._keys.add(key)
         self.save()
