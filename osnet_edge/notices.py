@@ -34,7 +34,7 @@ class Int8SlowerWarning(OsnetEdgeWarning):
 def random_weights_advice() -> str:
     """What to do instead of exporting random weights (shared by export, load and the CLI)."""
     return ("its embeddings are meaningless for re-identification (any two people score about the same); "
-            "export a trained torchreid checkpoint instead, e.g. python scripts/export.py --width 0.25 "
+            "export a trained torchreid checkpoint instead, e.g. osnet-edge export --width 0.25 "
             f"--res 0.5 --weights {ZOO_CHECKPOINTS[1]} (torchreid model zoo: {', '.join(ZOO_CHECKPOINTS)})")
 
 

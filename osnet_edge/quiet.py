@@ -7,25 +7,39 @@ import contextlib
 import io
 import logging
 import os
+import tempfile
+import threading
 import warnings
 from typing import Iterator, Sequence
 
+# fd 2 is the process's: two threads swapping it at once could leave it pointing at the other's file.
+_FD2_LOCK = threading.RLock()
+
 
 @contextlib.contextmanager
-def native_stderr_silenced() -> Iterator[None]:
-    """File descriptor 2 to /dev/null: C++ parts (absl, XLA, TFLite) write there past Python's sys.stderr."""
-    try:
-        saved = os.dup(2)
-    except OSError:  # no usable fd 2 (embedded interpreter): nothing to silence
-        yield
-        return
-    try:
-        with open(os.devnull, "w") as null:
-            os.dup2(null.fileno(), 2)
+def native_stderr_silenced(keep: list[str] | None = None) -> Iterator[None]:
+    """File descriptor 2 away from the terminal: C++ parts (absl, XLA, TFLite) write there past Python's
+    sys.stderr. With ``keep``, what they wrote is appended to it on exit (to report it when the call failed).
+
+    Process-wide while inside (another thread's stderr is swallowed too), so keep the block short; threads
+    entering it wait for each other."""
+    with _FD2_LOCK:
+        try:
+            saved = os.dup(2)
+        except OSError:  # no usable fd 2 (embedded interpreter): nothing to silence
             yield
-    finally:
-        os.dup2(saved, 2)
-        os.close(saved)
+            return
+        sink = tempfile.TemporaryFile() if keep is not None else open(os.devnull, "wb")
+        try:
+            os.dup2(sink.fileno(), 2)
+            yield
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            if keep is not None:
+                sink.seek(0)
+                keep.append(sink.read().decode("utf-8", "replace"))
+            sink.close()
 
 
 @contextlib.contextmanager

@@ -30,19 +30,31 @@ def _import():
 
 
 def open_interpreter(model_path: str, threads: int | None = None):
-    """An Interpreter with the default XNNPACK delegate and ``threads`` (None: one per physical core)."""
+    """An Interpreter with the default XNNPACK delegate and ``threads`` (None: one per physical core).
+
+    TFLite's C++ logger prints "INFO: Created TensorFlow Lite XNNPACK delegate for CPU." to fd 2 when the
+    delegate is applied (the first allocate_tensors) and no setting turns it off (TF_CPP_MIN_LOG_LEVEL does
+    not), so loading runs with fd 2 captured: applications get no log line from opening a bundle, and a failed
+    load reports what LiteRT wrote."""
+    from osnet_edge.quiet import native_stderr_silenced
+
     interpreter = _import()
     threads = resolve_threads(threads)
     if threads is None:
         from osnet_edge.machine import physical_cores
 
         threads = physical_cores()
+    native: list[str] = []
     try:
-        it = interpreter.Interpreter(model_path=str(model_path), num_threads=threads)
-        it.allocate_tensors()
+        with native_stderr_silenced(keep=native):
+            it = interpreter.Interpreter(model_path=str(model_path), num_threads=threads)
+            it.allocate_tensors()
     except Exception as exc:
-        raise RuntimeFailure(f"LiteRT could not load {model_path}: {str(exc).splitlines()[0] if str(exc) else exc!r} "
-                             "(corrupt or truncated model file? re-export the bundle)") from None
+        said = [ln.strip() for ln in "".join(native).splitlines() if ln.strip() and "XNNPACK delegate" not in ln]
+        detail = str(exc).splitlines()[0] if str(exc) else repr(exc)
+        raise RuntimeFailure(f"LiteRT could not load {model_path}: {detail}" + (f" ({said[-1]})" if said else "")
+                             + " (corrupt or truncated model file? re-export the bundle on the host: "
+                             "osnet-edge export --target litert)") from None
     return it, threads
 
 

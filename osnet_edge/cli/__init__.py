@@ -31,7 +31,7 @@ COMMANDS: dict[str, Command] = {
     "build-engine": Command("build_engine", "build and cache a TensorRT bundle's engine on this GPU", False),
     "evaluate": Command("evaluate", "rank-1/5/10 and mAP of a bundle, a checkpoint or a foreign model", False),
     "profile": Command("profile", "params, mult-adds and latency per width x resolution x runtime x precision x "
-                                  "batch", False),
+                                  "batch, or latency of given bundles", False),
     "report": Command("report", "latency / accuracy trade-off report for this machine (Markdown, CSV, plots)", False),
     "setup": Command("setup", "make the isolated venv of a vendor toolchain (rknn: rknn-toolkit2 for --target rknn)",
                      False),
@@ -42,21 +42,43 @@ COMMANDS: dict[str, Command] = {
 }
 
 
+# How the help names a device runtime; one not listed here shows its registry name (never left out).
+RUNTIME_TITLES = {"onnxruntime": "ONNX Runtime", "openvino": "OpenVINO", "tensorrt": "TensorRT", "litert": "LiteRT",
+                  "rknn": "RKNN"}
+
+
+def _device_runtimes() -> tuple[list[str], list[str]]:
+    """(titles, pip extras) of the device runtimes, read from the runtime registry (osnet_edge.runtimes), so
+    the help lists every runtime there is; extras are those the installed metadata declares, when it is readable."""
+    from importlib import metadata
+
+    from osnet_edge.runtimes import DEVICE_RUNTIMES
+
+    try:
+        declared = set(metadata.metadata("osnet_edge").get_all("Provides-Extra") or [])
+    except metadata.PackageNotFoundError:  # a checkout on sys.path, not installed
+        declared = set()
+    extras = [name for name in DEVICE_RUNTIMES if not declared or name in declared]
+    return [RUNTIME_TITLES.get(name, name) for name in DEVICE_RUNTIMES], extras
+
+
 def help_text() -> str:
     from osnet_edge import __version__
 
+    titles, extras = _device_runtimes()
     width = max(map(len, COMMANDS)) + 2
     lines = [f"usage: {PROG} [--version] [-h] COMMAND [--debug] [ARGS ...]", "",
              textwrap.fill(f"osnet_edge {__version__}: OSNet person re-identification on cameras. torchreid "
-                           "checkpoints -> verified bundles -> the torch-free Extractor on ONNX Runtime, OpenVINO "
-                           "or TensorRT.", 100), "",
+                           "checkpoints -> verified bundles -> the torch-free Extractor on "
+                           f"{', '.join(titles[:-1])} or {titles[-1]}.", 100), "",
              "commands:"]
     lines += [f"  {name:<{width}}{cmd.summary}{' *' if cmd.needs_torch else ''}" for name, cmd in COMMANDS.items()]
     lines += ["", textwrap.fill(
         f"{PROG} COMMAND --help explains a command's flags, with examples; --debug shows the traceback of an error. "
         "Commands marked * run on the host and need torch (pip install 'osnet_edge[export]'); the others run on a "
-        "camera with only 'osnet_edge[onnxruntime]' (or [openvino] / [tensorrt]), except where a flag needs torch "
-        "(evaluate --weights, profile --no-latency, profile and report when they export bundles).", 100)]
+        f"camera with only its runtime's extra ({' / '.join(f'osnet_edge[{e}]' for e in extras)}), except where a "
+        "flag needs torch (evaluate --weights, profile --no-latency, profile and report when they export bundles; "
+        "profile BUNDLE ... times existing bundles without torch).", 100)]
     return "\n".join(lines)
 
 
