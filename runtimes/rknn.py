@@ -97,3 +97,20 @@ class RknnRuntime:
         if self._rknn is not None:
             self._rknn.release()
             self._rknn = None
+
+
+def describe_build(build: dict) -> str:
+    """One line for ``osnet-edge info``: the SoC, precision settings, and where it runs / was verified."""
+    platform = build.get("platform", "?")
+    line = f"rknn for {platform} (Rockchip NPU, rknn-toolkit2 {(build.get('toolkit') or {}).get('toolkit_version', '?')}"
+    if build.get("precision") == "int8":
+        line += (f", int8 {build.get('quantized_dtype', 'w8a8')} {build.get('quantized_algorithm')} ranges, "
+                 f"per-{build.get('quantized_method')} weights")
+        if build.get("fp16_layers"):
+            line += f", {len(build['fp16_layers'])} layer(s) kept in float16 (hybrid)"
+    else:
+        line += ", float16"
+    where = ("on the board: rknn-toolkit-lite2 (runtime 'rknn')" if platform in LITE_PLATFORMS
+             else "on the board: Rockchip's C runtime only (no Python runtime for this SoC)")
+    return (line + f"; input uint8 RGB NHWC {build.get('input_size')} batch 1, mean/std fused); {where}; on x86: "
+            "the simulator (runtime 'rknn-sim', rebuilds from model.onnx; the fidelity recorded here was measured there)")

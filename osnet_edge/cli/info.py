@@ -148,6 +148,10 @@ def _runtime_line(m: Mapping[str, Any]) -> str:
             line += (f"; XNNPACK takes {xnn['delegated']} of {xnn['nodes']} ops in {xnn['partitions']} partition(s)"
                      + (f", left on reference kernels: {left}" if left else ""))
         return line
+    if m["runtime"] == "rknn":  # compiled for one Rockchip SoC; verified in the x86 simulator
+        from osnet_edge.runtimes.rknn import describe_build
+
+        return describe_build(build or {})
     line = m["runtime"] + (f" (max batch {m['max_batch']})" if m.get("max_batch") else "")
     if build:  # TensorRT: the engine is built on the device from the ONNX
         line += (f"; engine built on the device (osnet-edge build-engine): batch {build.get('min_batch')}.."

@@ -27,9 +27,11 @@ def export_rknn(model: nn.Module, folder: Path, hw: tuple[int, int], precision: 
     """model.onnx + model.rknn (+ calibration crops and probe) in ``folder``; returns (build, quantization report).
 
     ``options``: rknn_platform, rknn_method (channel | layer), rknn_hybrid (N layers kept float16),
-    rknn_fp16_layers, distill (True / False / "auto"), distill_steps, min_cosine, min_cosine_p1, rknn_venv.
+    rknn_fp16_layers, distill (True / False / "auto"), distill_steps, min_cosine, min_cosine_p1, rknn_venv,
+    fidelity_images (held-out crops the simulator embeds).
     ``calib_method``: the toolkit's quantized_algorithm (normal | mmse | kl_divergence).
     """
+    from osnet_edge.quantize.fidelity import DEFAULT_FIDELITY_IMAGES
     from osnet_edge.quantize.rknn import quantize_rknn
 
     platform = options.pop("rknn_platform", None) or DEFAULT_PLATFORM
@@ -57,6 +59,7 @@ def export_rknn(model: nn.Module, folder: Path, hw: tuple[int, int], precision: 
                                fp16_layers=options.pop("rknn_fp16_layers", ()), hybrid=options.pop("rknn_hybrid", 0),
                                min_cosine=options.pop("min_cosine", None),
                                min_cosine_p1=options.pop("min_cosine_p1", None), venv=options.pop("rknn_venv", None),
+                               fidelity_images=options.pop("fidelity_images", DEFAULT_FIDELITY_IMAGES),
                                reference_onnx=reference if use_distill else None)
     unknown = sorted(k for k in options if k != "progress")
     if unknown:
