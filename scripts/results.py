@@ -267,15 +267,19 @@ def _machine_line(r: dict) -> str:
 
 def render_readme(r: dict) -> str:
     s = r["latency_settings"]
-    lines = ["| model | input | mult-adds | bundle | Market-1501 rank-1 / mAP | paper Table 6 | "
-             f"latency ms, batch 1 | batch 8 |", "|---|---|---|---|---|---|---|---|"]
+    lines = ["| model | input | mult-adds | bundle | Market-1501 rank-1 / mAP | paper Table 6 | latency ms, batch 1 "
+             "(speed-up vs ONNX Runtime fp32) | batch 8 |", "|---|---|---|---|---|---|---|---|"]
     for m in r["models"]:
         paper = r["paper"]["rows"].get(f"{m['width']:g}@{m['res']:g}")
-        for b in m["bundles"]:
+        base = next((b for b in m["bundles"] if (b["runtime"], b["precision"]) == ("onnxruntime", "fp32")), None)
+        for i, b in enumerate(m["bundles"]):
             h, w = b["input_size"]
-            lines.append(f"| {m['label']} | {h}×{w} | {b['mult_adds'] / 1e6:.1f}M | {RUNTIME_NAMES[b['runtime']]} "
-                         f"{b['precision']} | {_pair(b['market1501'])} | {_pair(paper) if paper else '—'} | "
-                         f"{_ms(b, 1)} | {_ms(b, 8)} |")
+            first = (f"{m['label']} | {h}×{w} | {b['mult_adds'] / 1e6:.1f}M" if i == 0 else " | | ")
+            ratio = ""
+            if base is not None and b is not base and b.get("latency") and base.get("latency"):
+                ratio = f" ({base['latency']['1']['p50_ms'] / b['latency']['1']['p50_ms']:.2f}×)"
+            lines.append(f"| {first} | {RUNTIME_NAMES[b['runtime']]} {b['precision']} | {_pair(b['market1501'])} | "
+                         f"{(_pair(paper) if paper else '—') if i == 0 else ''} | {_ms(b, 1)}{ratio} | {_ms(b, 8)} |")
     q = r["models"][0]["bundles"][0]["market1501"]
     lines += ["", f"All {q['num_query']:,} queries against {q['num_gallery']:,} gallery images, torchreid's protocol, "
               f"{q['metric']} distance, rank-1 / mAP in %. INT8 calibrated on {r['calibration']}. Latency: p50, "
