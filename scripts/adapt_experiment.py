@@ -57,11 +57,18 @@ def build_parser() -> Parser:
                    "(omz-0287-fp32, ...); default: --weights at --teacher-res")
     p.add_argument("--teacher-res", type=float, default=d.teacher_res)
     p.add_argument("--epochs", type=int, default=d.epochs)
+    p.add_argument("--budget-min", type=float, default=None, help="plan the run to end in N minutes (see adapt)")
+    p.add_argument("--init", default=None, help="student init when not --weights (the chain: an adapted checkpoint)")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda[:N]")
+    p.add_argument("--cache-dir", default=None, help="teacher target cache (default ~/.cache/osnet_edge/adapt)")
+    p.add_argument("--kd-temperature", type=float, default=d.kd_temperature)
+    p.add_argument("--no-teacher-flip", action="store_true", help="no mirrored teacher views (ablation)")
+    p.add_argument("--no-erase", action="store_true", help="no random erasing on the student (ablation)")
     p.add_argument("--batch-size", type=int, default=d.batch_size)
     p.add_argument("--lr", type=float, default=d.lr)
     p.add_argument("--warmup-epochs", type=float, default=d.warmup_epochs)
     p.add_argument("--schedule", default=d.schedule, choices=["cosine", "constant"])
-    p.add_argument("--losses", default=None, help="default: auto (distillation); with labels auto,ce=1")
+    p.add_argument("--losses", default=None, help="default: auto (distillation); with labels auto,ce=1,logit=1")
     p.add_argument("--temperature", type=float, default=d.temperature)
     p.add_argument("--bn", default=d.bn, choices=["train", "frozen"])
     p.add_argument("--no-adabn", action="store_true")
@@ -75,6 +82,8 @@ def build_parser() -> Parser:
     p.add_argument("--head", choices=["auto", "new"], default=d.head, help="cross-entropy head init (see adapt.py)")
     p.add_argument("--dev", action="store_true", help="train without the held-out dev ids, report dev metrics")
     p.add_argument("--eval-every", type=int, default=0, help="evaluate every N epochs (0: only at the end)")
+    p.add_argument("--snapshot-dir", default=None, help="copy the checkpoint after every epoch here (epoch_NN.pth): "
+                   "the rank-1-vs-minutes curve evaluated afterwards, without taking the run's time")
     p.add_argument("--skip-baseline", action="store_true", help="do not re-measure the unadapted models")
     p.add_argument("--out", default=None, help="adapted checkpoint (default: a temporary file)")
     p.add_argument("--json", default=None, help="append the result as one JSON line to this file")
@@ -140,9 +149,11 @@ def main(argv=None) -> int:
     import torch
 
     from osnet_edge.adapt import AdaptationData, AdaptConfig, adapt, evaluate, recalibrate_bn
+    from osnet_edge.adapt.engine import default_cache_dir
+    from osnet_edge.cli.adapt import labelled_default
     from osnet_edge.adapt.views import NO_AUGMENTATION, Augmentation
     from osnet_edge.adapt.teachers import osnet_config_of
-    from osnet_edge.data import (adaptation_samples, market1501_train,
+    from osnet_edge.data import (EVAL_PROTOCOLS, adaptation_samples, market1501_train,
                                  protocol_available, shared_data_dir)
     from osnet_edge.foreign import known_peers
     from osnet_edge.models import build_osnet, input_size, load_torchreid_weights, read_checkpoint
@@ -156,7 +167,7 @@ def main(argv=None) -> int:
     default_ckpt = "osnet_x0_25_market1501.pth" if market else "osnet_x0_25_msmt17.pth"
     weights = args.weights or str(root / "weights" / "torchreid" / default_ckpt)
     labels = args.labels or market
-    losses = args.losses or ("auto,ce=1" if labels else "auto")
+    losses = args.losses or "auto"   # with labels: the labelled default, once the data is read
     if args.threads:
         torch.set_num_threads(args.threads)
     teacher = args.teacher
@@ -172,11 +183,15 @@ def main(argv=None) -> int:
     sources = ["market1501/bounding_box_train"] if market else ["cuhk03/detected/train", "cuhk01/campus ids 0486-0971"]
     data = AdaptationData.from_samples(samples, labels=labels, progress=True,
                                        sources=sources + (["minus dev ids"] if args.dev else []))
+    if labels and args.losses is None:
+        losses = labelled_default(weights, teacher, data.num_ids)
+    augmentation = NO_AUGMENTATION if args.no_augment else Augmentation(erase_p=0.0 if args.no_erase else 0.5)
     cfg = AdaptConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, schedule=args.schedule,
                       warmup_epochs=args.warmup_epochs, losses=losses, temperature=args.temperature, head=args.head,
                       bn=args.bn, adabn=not args.no_adabn, recalibrate=not args.no_recalibrate,
                       freeze=tuple(args.freeze), view_sets=args.view_sets, teacher_res=args.teacher_res,
-                      augmentation=NO_AUGMENTATION if args.no_augment else Augmentation(), seed=args.seed)
+                      augmentation=augmentation, seed=args.seed, budget_min=args.budget_min,
+                      kd_temperature=args.kd_temperature, teacher_flip=not args.no_teacher_flip)
     print(f"adaptation data: {len(data)} crops" + (f", {data.num_ids} ids" if data.labels is not None else "")
           + (f" (dev held out: {len(dev_samples)})" if args.dev else ""))
     print(f"recipe: {json.dumps(cfg.to_dict())}")
@@ -201,21 +216,35 @@ def main(argv=None) -> int:
     curve = []
 
     def on_epoch(epoch, model, record):
-        if args.eval_every and epoch % args.eval_every == 0 and epoch < cfg.epochs:
+        if args.snapshot_dir:
+            import shutil
+
+            os.makedirs(args.snapshot_dir, exist_ok=True)
+            shutil.copyfile(out, os.path.join(args.snapshot_dir, f"epoch_{epoch:02d}.pth"))
+        if args.eval_every and epoch % args.eval_every == 0 and not record["complete"]:
             m = measure(model, args.res)
-            curve.append({"epoch": epoch, "seconds": record["seconds"], **m})
-            print(f"  epoch {epoch} (BN not recalibrated): {short(m)}", flush=True)
+            curve.append({"epoch": epoch, "steps": record["steps"], "seconds": record["seconds"],
+                          "cpu_seconds": record["cpu_seconds"], **m})
+            print(f"  epoch {epoch}, {record['seconds'] / 60:.1f} min (BN not recalibrated): {short(m)}", flush=True)
+            if args.json:
+                with open(args.json + ".curve", "a") as f:
+                    f.write(json.dumps(curve[-1]) + "\n")
 
     out = args.out or os.path.join(tempfile.mkdtemp(prefix="adapt_"), "adapted.pth")
     load0 = os.getloadavg()
     t0, c0 = time.perf_counter(), time.process_time()
+    eval_images = 0 if args.dev else sum(len(q) + len(g) for q, g in (EVAL_PROTOCOLS[n](root) for n in eval_protocols))
     res = adapt(weights, out, data, res=args.res, teacher=teacher, teacher_format=teacher_format, config=cfg,
-                overwrite=True, on_epoch=on_epoch, threads=args.threads)
+                overwrite=True, on_epoch=on_epoch, threads=args.threads, init=args.init, device=args.device,
+                cache_dir=args.cache_dir or default_cache_dir(), final_eval=lambda m: measure(m, args.res),
+                eval_images=eval_images)
     wall, cpu = time.perf_counter() - t0, time.process_time() - c0
     load1 = os.getloadavg()
-    adapted = measure(res.model, args.res)
+    adapted = res.record["evaluation"]
     result.update({"adapted": adapted, "curve": curve, "checkpoint": out, "wall_s": round(wall, 1),
                    "cpu_s": round(cpu, 1), "epoch_seconds": res.record["epoch_seconds"],
+                   "epochs": res.record["epochs"], "epochs_planned": res.record["epochs_planned"],
+                   "steps": res.record["steps"], "losses": res.record["losses"], "machine": res.record["machine"],
                    "teacher_seconds": res.record["teacher_seconds"], "loss_history": res.record["loss_history"],
                    "loadavg_start": load0, "loadavg_end": load1, "threads": torch.get_num_threads(),
                    "cpus": os.cpu_count()})

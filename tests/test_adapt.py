@@ -409,3 +409,165 @@ def test_cli_refuses_evaluation_images_of_any_protocol(tmp_path, checkpoint, cro
     code, _, stderr = run_script("adapt.py", capsys, *base, "--data", root / "market1501" / "bounding_box_train",
                                  "--out", tmp_path / "ok.pth")
     assert code == 0, stderr
+
+
+# ------------------------------------------------------------------ engine, planner, device (issue 27)
+
+from osnet_edge.adapt.device import amp_dtype, resolve_device  # noqa: E402
+from osnet_edge.adapt.engine import cache_key, compute_targets, view_set_targets  # noqa: E402
+from osnet_edge.adapt.losses import logit_loss  # noqa: E402
+from osnet_edge.adapt.schedule import StepTimer, finish_seconds, format_eta, lr_at, plan_total_steps  # noqa: E402
+from osnet_edge.adapt.views import erase_batch  # noqa: E402
+
+
+def test_engine_targets_are_the_teacher_on_each_view_and_its_mirror(data, teacher):
+    views = sample_views(len(data), Augmentation(erase_p=0.0), seed=(0, 1, 0))
+    targets = compute_targets(teacher, data.images, views, input_size(RES), map_hw=(1, 1), mirrors=True)
+    assert targets.student.dtype == np.uint8 and targets.student.shape == (len(data), *input_size(RES), 3)
+    assert targets.emb.shape == (2, len(data), 512) and targets.maps.shape[:2] == (2, len(data))
+    np.testing.assert_array_equal(targets.student, render_batch(data.images, views, range(len(data)), input_size(RES)))
+    big = render_batch(data.images, views, range(4), teacher.input_size)
+    np.testing.assert_allclose(targets.emb[0, :4], teacher(big), atol=1e-5)
+    np.testing.assert_allclose(targets.emb[1, :4], teacher(np.ascontiguousarray(big[:, :, ::-1])), atol=1e-5)
+    assert np.abs(targets.emb[0] - targets.emb[1]).max() > 1e-3   # the mirror is another view
+    idx, mirror = np.array([3, 1]), np.array([1, 0])
+    np.testing.assert_array_equal(targets.student_views(idx, mirror)[0], targets.student[3][:, ::-1])
+    emb, logits, maps = targets.teacher(idx, mirror)
+    np.testing.assert_array_equal(emb, targets.emb[[1, 0], [3, 1]])
+    assert logits is None
+
+
+def test_engine_cache_is_keyed_by_content_and_memory_mapped(tmp_path, data, teacher):
+    parts = {"data_hash": data.data_hash, "set": 0}
+    assert cache_key(parts) == cache_key(dict(reversed(list(parts.items()))))
+    assert cache_key(parts) != cache_key({**parts, "set": 1})
+    views = sample_views(len(data), Augmentation(erase_p=0.0), seed=(0, 1, 0))
+    calls = []
+
+    def compute():
+        calls.append(1)
+        return compute_targets(teacher, data.images, views, input_size(RES))
+
+    first = view_set_targets(parts, compute, tmp_path)
+    second = view_set_targets(parts, compute, tmp_path)
+    assert len(calls) == 1 and isinstance(second.emb, np.memmap) and second.seconds == 0.0
+    np.testing.assert_array_equal(first.emb, second.emb)
+    np.testing.assert_array_equal(first.student, second.student)
+    view_set_targets({**parts, "set": 1}, compute, tmp_path)
+    assert len(calls) == 2 and len([p for p in tmp_path.iterdir() if not p.name.startswith(".")]) == 2
+
+
+def test_erasing_fills_the_rectangle_like_render():
+    img = synthetic_crops(1, seed=7)[0]
+    hw = input_size(0.5)
+    rect, erase = np.array([0.0, 0.0, 1.0, 1.0]), np.array([0.25, 0.1, 0.75, 0.4])
+    clean = render(img, False, rect, np.full(4, np.nan), hw)[None]
+    np.testing.assert_array_equal(erase_batch(clean, erase[None])[0], render(img, False, rect, erase, hw))
+    np.testing.assert_array_equal(erase_batch(clean, np.full((1, 4), np.nan)), clean)
+    with pytest.raises(ValueError, match="erase rectangles"):
+        erase_batch(clean, np.zeros((2, 4)))
+
+
+def test_logit_loss_is_zero_for_equal_logits_and_scales_with_temperature_squared():
+    t = torch.randn(8, 5)
+    assert logit_loss(t, t, 4.0).abs() < 1e-6
+    s = torch.randn(8, 5)
+    raw = torch.nn.functional.kl_div(torch.log_softmax(s / 2, 1), torch.softmax(t / 2, 1), reduction="batchmean")
+    torch.testing.assert_close(logit_loss(s, t, 2.0), 4 * raw)
+
+
+def test_budget_planner_fits_the_steps_and_what_follows_into_the_budget():
+    assert plan_total_steps(done=10, elapsed_s=100, budget_s=600, step_s=2.0, reserve_s=100) == 10 + 200
+    assert plan_total_steps(done=10, elapsed_s=590, budget_s=600, step_s=2.0, reserve_s=100) == 10   # over: stop
+    with pytest.raises(ValueError, match="step time"):
+        plan_total_steps(0, 0, 60, 0.0, 0)
+    assert finish_seconds(0.64, 64, 1000, 0) == pytest.approx(0.45 * 0.01 * 1000 + 5.0)
+    timer = StepTimer(window=3)
+    for s in (9.0, 1.0, 2.0, 3.0):
+        timer.add(s)
+    assert timer.seconds == pytest.approx(2.0)
+    assert format_eta(59.6) == "1:00" and format_eta(3723) == "1:02:03"
+    # warm-up, then cosine decay to ~0 at the last planned step
+    assert lr_at(0, 100, 10, 1.0) == pytest.approx(0.1) and lr_at(10, 100, 10, 1.0) == pytest.approx(1.0)
+    assert lr_at(99, 100, 10, 1.0) < 0.001 and lr_at(50, 100, 10, 1.0, "constant") == 1.0
+
+
+def test_a_budgeted_run_plans_its_steps_and_ends_on_time(tmp_path, checkpoint, data, teacher):
+    import time
+
+    budget_min = 0.25   # 15 s in all
+    cfg = small_config(budget_min=budget_min, warmup_epochs=0.5)
+    t0 = time.perf_counter()
+    seen = []
+
+    def final_eval(model):
+        seen.append(model.training)
+        return {"market1501": {"rank1": np.float32(50.0), "mAP": 25.0}}
+
+    rec = adapt(checkpoint, tmp_path / "budget.pth", data, res=RES, teacher=teacher, config=cfg, progress=False,
+                threads=1, final_eval=final_eval, eval_images=100).record
+    wall = time.perf_counter() - t0
+    assert seen == [False] and rec["evaluation"] == {"market1501": {"rank1": 50.0, "mAP": 25.0}}
+    assert torch.load(tmp_path / "budget.pth", weights_only=True)["adaptation"]["evaluation"] == rec["evaluation"]
+    assert rec["complete"] and rec["budget_min"] == budget_min and rec["steps"] == rec["steps_planned"] >= 1
+    assert wall < budget_min * 60 + 5.0, wall   # slack: one step overrun and the save on a loaded machine
+    assert rec["seconds"] > 0.5 * budget_min * 60     # the budget was used, not a default number of epochs
+    assert rec["epochs"] == len(rec["loss_history"]) and rec["cpu_seconds"] > 0
+    assert rec["threads"] == 1 and rec["device"] == "cpu" and "flags" in rec["machine"]
+    with pytest.raises(ValueError, match="budget_min"):
+        AdaptConfig(budget_min=0)
+
+
+def test_device_option_resolves_and_cpu_is_the_plain_run(tmp_path, finished_run, checkpoint, data, teacher):
+    assert resolve_device("cpu") == "cpu" and amp_dtype("cpu") is None
+    assert resolve_device("auto") == ("cuda:0" if torch.cuda.is_available() else "cpu")
+    with pytest.raises(ValueError, match="device must be"):
+        resolve_device("tpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="no CUDA GPU"):
+            resolve_device("cuda:0")
+    full_out, _ = finished_run   # the default device (cpu) run: device="cpu" given explicitly is the same
+    rec = adapt(checkpoint, tmp_path / "cpu.pth", data, res=RES, teacher=teacher, config=small_config(),
+                progress=False, threads=1, device="cpu").record
+    assert rec["device"] == "cpu" and rec["amp"] is None
+    a, b = weights_of(full_out), weights_of(tmp_path / "cpu.pth")
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=0, atol=0)
+
+
+def test_init_and_logit_distillation_from_the_checkpoint_classifier(tmp_path, checkpoint, crops_dir):
+    labelled = AdaptationData.from_folders([crops_dir], labels=True)
+    state = dict(read_checkpoint(checkpoint))
+    torch.manual_seed(2)
+    state["classifier.weight"], state["classifier.bias"] = torch.randn(NUM_IDS, 512) * 0.05, torch.zeros(NUM_IDS)
+    with_head = tmp_path / "with_head.pth"
+    torch.save(state, with_head)
+    cfg = small_config(epochs=2, losses="cosine=1,ce=1,logit=1")
+    first = adapt(with_head, tmp_path / "first.pth", labelled, res=RES, config=cfg, progress=False, threads=1,
+                  teacher_backend="torch")
+    rec = first.record
+    assert rec["teacher"]["classes"] == NUM_IDS and "logit" in rec["loss_history"][0]
+    assert rec["loss_history"][-1]["logit"] < rec["loss_history"][0]["logit"]
+    # the chain: start from the adapted checkpoint; teacher and its classifier stay --weights
+    chained = adapt(with_head, tmp_path / "chain.pth", labelled, res=RES, config=small_config(epochs=1,
+                    losses="cosine=1,ce=1,logit=1"), progress=False, threads=1, init=tmp_path / "first.pth",
+                    teacher_backend="torch").record
+    assert chained["student_init"]["source"] == str((tmp_path / "first.pth").resolve())
+    assert chained["teacher"]["source"] == str(with_head.resolve())
+    assert chained["loss_history"][0]["logit"] < rec["loss_history"][0]["logit"]   # starts where the first ended
+    with pytest.raises(ValueError, match="logit loss"):
+        adapt(checkpoint, tmp_path / "x.pth", labelled, res=RES, config=cfg, progress=False, threads=1,
+              teacher_backend="torch")
+
+
+@pytest.mark.gpu
+def test_adaptation_on_cuda_lowers_the_loss(tmp_path, checkpoint, data):
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA GPU visible to torch")
+    rec = adapt(checkpoint, tmp_path / "cuda.pth", data, res=RES, config=small_config(epochs=3), progress=False,
+                device="cuda", teacher_backend="torch").record
+    assert rec["device"].startswith("cuda") and rec["amp"] in ("bfloat16", "float16")
+    losses = [h["loss"] for h in rec["loss_history"]]
+    assert losses[-1] < 0.8 * losses[0], losses
+    model = build_osnet(0.25)
+    load_torchreid_weights(model, tmp_path / "cuda.pth")   # a GPU-trained checkpoint loads on the CPU

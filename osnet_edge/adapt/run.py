@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import json
 import math
 import time
 from datetime import datetime, timezone
@@ -36,7 +37,6 @@ from .schedule import StepTimer, finish_seconds, format_eta, lr_at, plan_total_s
 from .views import ViewSet, erase_batch, sample_views
 
 ENGINE_FORMAT = 1        # bump when the cached targets' meaning changes
-REPLAN_EVERY = 10        # steps between two budget plans
 UNPLANNED_EPOCHS = 10_000
 
 
@@ -234,7 +234,7 @@ class AdaptationRun:
             for k, v in terms.items():
                 sums[k] = sums.get(k, 0.0) + v.item()
             self.timer.add(time.perf_counter() - t_step)
-            if self.step % REPLAN_EVERY == 0:
+            if self.cfg.budget_min is not None:  # every step: the machine's speed changes, planning is cheap
                 self.replan()
                 bar.total = min(len(batches), done + self.total_steps - self.step)
             bar.update(1)
@@ -371,7 +371,7 @@ class AdaptationRun:
     def save_evaluation(self, evaluation: dict) -> dict:
         """The final evaluation (e.g. Market-1501 rank-1 / mAP) added to the complete checkpoint's record."""
         record = dict(self._last_record)
-        record["evaluation"] = evaluation
+        record["evaluation"] = json.loads(json.dumps(evaluation, default=float))  # numpy scalars -> floats
         record["seconds_with_evaluation"] = round(self.elapsed(), 2)
         record = json_check(record)
         atomic_save({"state_dict": self._checkpoint_state(), "adaptation": record}, self.out)

@@ -2,6 +2,7 @@
 crops."""
 from __future__ import annotations
 
+import dataclasses
 import os
 import time
 from typing import Mapping, Sequence
@@ -18,8 +19,12 @@ examples:
   # the Market-1501 benchmark recipe (README "Results"): bounding_box_train only, identities from the file
   # names -> distillation from 256x128 + cross-entropy, the head starting from the checkpoint's classifier
   osnet-edge adapt --weights ../shared/data/weights/torchreid/osnet_x0_25_market1501.pth --res 0.5 \\
-      --data ../shared/data/market1501/bounding_box_train --labels --epochs 9 --view-sets 3 --threads 1 \\
+      --data ../shared/data/market1501/bounding_box_train --labels --budget-min 60 --threads 2 --eval \\
       --out x025_market_r05.pth
+  # the chain: 64x32 starting from the adapted 128x64 (teacher and classifier still the 256x128 checkpoint)
+  osnet-edge adapt --weights ../shared/data/weights/torchreid/osnet_x0_25_market1501.pth --res 0.25 \\
+      --init x025_market_r05.pth --data ../shared/data/market1501/bounding_box_train --labels --budget-min 30 \\
+      --out x025_market_r025.pth
   # a foreign 256-d teacher (Open Model Zoo, BGR 0-255): similarity-structure losses only
   osnet-edge adapt --weights osnet_x0_25_msmt17.pth --res 1.0 --data crops/ --out x025_omz.pth \\
       --teacher person-reidentification-retail-0287.xml --losses simkl=1,relational=1
@@ -29,7 +34,7 @@ examples:
 
 
 def build_parser() -> Parser:
-    from osnet_edge.adapt.config import AUTO, KD_LOSSES, LABEL_LOSSES, AdaptConfig
+    from osnet_edge.adapt.config import AUTO, KD_LOSSES, LABEL_LOSSES, LABELLED_DEFAULT, AdaptConfig
 
     d = AdaptConfig()
     p = Parser(command="adapt", description="Adapt a torchreid OSNet checkpoint to a reduced input resolution (or width) on "
@@ -44,6 +49,10 @@ def build_parser() -> Parser:
                    help="student variant (default: the checkpoint's)")
     p.add_argument("--res", type=float, default=0.5,
                    help="student resolution multiplier on 256x128 (default 0.5 = 128x64)")
+    p.add_argument("--init", metavar="CKPT", default=None,
+                   help="the student's initial weights when not --weights, e.g. an adapted 128x64 checkpoint to "
+                        "start 64x32 from (its classifier starts the head when it fits); teacher and logit "
+                        "targets stay --weights")
     src = p.add_argument_group("data (never adapt on your evaluation images)")
     src.add_argument("--data", nargs="+", metavar="DIR", default=[],
                      help="folders of person crops (jpg/png; searched recursively without --labels)")
@@ -66,17 +75,25 @@ def build_parser() -> Parser:
                    help="how a checkpoint teacher runs: auto = OpenVINO when installed (converted in memory, "
                         "several times faster on CPU), else torch (default auto)")
     r = p.add_argument_group("recipe")
-    r.add_argument("--epochs", type=int, default=d.epochs, help=f"default {d.epochs}")
+    r.add_argument("--epochs", type=int, default=d.epochs, help=f"default {d.epochs} (ignored with --budget-min)")
+    r.add_argument("--budget-min", type=float, default=None, metavar="N",
+                   help="finish in N minutes (this call's adaptation, plus the final --eval): the steps and the "
+                        "learning-rate decay are planned from the measured step time and re-planned as it goes")
     r.add_argument("--losses", default=None, metavar="SPEC",
                    help=f"weighted losses, e.g. cosine=1,fmap=1 (known: {', '.join(KD_LOSSES + LABEL_LOSSES)}). "
                         f"Default {AUTO}: cosine + fmap from an OSNet checkpoint teacher of the student's width, "
                         "cosine from other 512-d teachers, simkl + relational from other embedding sizes; "
-                        f"with --labels {AUTO},ce=1 (distillation + cross-entropy)")
+                        f"with --labels {_spec(LABELLED_DEFAULT)} (distillation + cross-entropy + logit distillation "
+                        "from the checkpoint's classifier; logit only when that classifier has the data's identities)")
     r.add_argument("--lr", type=float, default=d.lr, help=f"AMSGrad learning rate (default {d.lr})")
     r.add_argument("--batch-size", type=int, default=d.batch_size, help=f"default {d.batch_size}")
     r.add_argument("--schedule", choices=["cosine", "constant"], default=d.schedule,
                    help=f"learning-rate schedule after a warm-up epoch (default {d.schedule})")
     r.add_argument("--temperature", type=float, default=d.temperature, help=f"simkl temperature (default {d.temperature})")
+    r.add_argument("--kd-temperature", type=float, default=d.kd_temperature,
+                   help=f"logit distillation temperature (default {d.kd_temperature})")
+    r.add_argument("--warmup-epochs", type=float, default=d.warmup_epochs,
+                   help=f"linear learning-rate warm-up (default {d.warmup_epochs}; at most a fifth of a budgeted run)")
     r.add_argument("--head", choices=["auto", "new"], default=d.head,
                    help="cross-entropy head: auto = start from the checkpoint's classifier when it has one row "
                         "per identity of the data (its own training set), new = a fresh layer (default auto)")
@@ -84,8 +101,9 @@ def build_parser() -> Parser:
                    help="BatchNorm during training: batch statistics then recalibration (train), or "
                         f"frozen at the AdaBN statistics (default {d.bn})")
     r.add_argument("--view-sets", type=int, default=d.view_sets, metavar="N",
-                   help="distinct augmented view sets, reused in turn (the teacher embeds each once: on 13k crops "
-                        "that is ~1 min per set on a CPU); 0 = a fresh set every epoch (default %(default)s)")
+                   help="distinct augmented view sets (flip + crop), reused in turn: the teacher embeds each view "
+                        "and its mirror once (on 13k crops ~2-3 min per set on a CPU), random erasing is drawn "
+                        "afresh on the student's input; 0 = a fresh set every epoch (default %(default)s)")
     r.add_argument("--freeze", nargs="*", default=list(d.freeze), metavar="MODULE",
                    help="top-level modules kept fixed, e.g. conv1 conv2")
     r.add_argument("--seed", type=int, default=d.seed, help=f"default {d.seed}")
@@ -98,6 +116,13 @@ def build_parser() -> Parser:
     o.add_argument("--threads", type=int, default=None,
                    help="torch threads (default: torch's, all cores). On a busy machine 1 thread can be several "
                         "times faster: OpenMP threads wait for each other whenever one is descheduled")
+    o.add_argument("--device", default="auto", metavar="auto|cpu|cuda[:N]",
+                   help="where the student trains: auto = CUDA when torch sees a GPU, else cpu (default auto); "
+                        "mixed precision on CUDA, float32 on the CPU")
+    o.add_argument("--cache-dir", default=None, metavar="DIR",
+                   help="where the teacher's targets per view set are kept for later runs (default "
+                        "$OSNET_EDGE_CACHE/adapt or ~/.cache/osnet_edge/adapt)")
+    o.add_argument("--no-cache", action="store_true", help="keep the teacher's targets in memory only")
     o.add_argument("--no-progress", action="store_true", help="no progress bars")
     return p
 
@@ -106,23 +131,46 @@ def _spec(losses: Mapping[str, float]) -> str:
     return ",".join(f"{k}={v:g}" for k, v in losses.items())
 
 
+def labelled_default(weights: str, teacher: str | None, num_ids: int) -> dict:
+    """The labelled recipe; logit distillation only where the teacher is --weights and its classifier
+    has one row per identity of the data (its own training set)."""
+    from osnet_edge.adapt.config import LABELLED_DEFAULT
+    from osnet_edge.models import read_checkpoint
+
+    losses = dict(LABELLED_DEFAULT)
+    classifier = read_checkpoint(weights).get("classifier.weight") if teacher is None else None
+    if classifier is None or classifier.shape[0] != num_ids:
+        losses.pop("logit")
+    return losses
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         from osnet_edge.adapt import AdaptationData, AdaptConfig, adapt, evaluate
     except ImportError as exc:
         raise CliError(f"adaptation needs torch ({exc.name} missing): pip install 'osnet_edge[export]'") from None
+    from osnet_edge.adapt.engine import default_cache_dir
     from osnet_edge.data import adaptation_samples, assert_disjoint_from_protocols, shared_data_dir
 
     if not os.path.isfile(args.weights):
         raise CliError(f"--weights {args.weights}: no such file")
     if not args.data and args.adaptation_set is None:
         raise CliError("give --data DIR... or --adaptation-set")
+    if args.init is not None and not os.path.isfile(args.init):
+        raise CliError(f"--init {args.init}: no such file")
+    try:
+        from osnet_edge.adapt.device import resolve_device
+        device = resolve_device(args.device)
+    except ValueError as exc:
+        raise CliError(f"--device: {exc}") from None
     d = AdaptConfig()
-    losses = args.losses or _spec({**d.losses, "ce": 1.0} if args.labels else d.losses)  # auto[,ce=1]
+    losses = args.losses or _spec(d.losses)  # auto; with --labels decided once the data is read
     cfg = AdaptConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, schedule=args.schedule,
-                      losses=losses, temperature=args.temperature, head=args.head, bn=args.bn, view_sets=args.view_sets, freeze=tuple(args.freeze),
-                      teacher_res=args.teacher_res, seed=args.seed)
+                      warmup_epochs=args.warmup_epochs, losses=losses, temperature=args.temperature,
+                      kd_temperature=args.kd_temperature, head=args.head, bn=args.bn, view_sets=args.view_sets,
+                      freeze=tuple(args.freeze), teacher_res=args.teacher_res, seed=args.seed,
+                      budget_min=args.budget_min)
     if cfg.uses_labels and not args.labels:
         raise CliError(f"losses {losses} need identities: add --labels")
 
@@ -153,6 +201,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     data = AdaptationData.from_paths(samples_paths, pids, sources=sources, progress=progress)
     print(f"adaptation data: {len(data)} crops" + (f", {data.num_ids} identities" if data.labels is not None else "")
           + f" (hash {data.data_hash[:12]})")
+    if args.labels and args.losses is None:
+        cfg = dataclasses.replace(cfg, losses=labelled_default(args.weights, args.teacher, data.num_ids))
 
     before = None
     if args.eval:
@@ -166,16 +216,29 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("evaluating the unadapted checkpoint ...", flush=True)
         before = {r: evaluate(base, r, root) for r in sorted({1.0, args.res}, reverse=True)}
 
+    final_eval, eval_images = None, 0
+    if args.eval:
+        from osnet_edge.data import EVAL_PROTOCOLS, default_protocols
+
+        names = default_protocols(root)
+        eval_images = sum(len(q) + len(g) for q, g in (EVAL_PROTOCOLS[n](root) for n in names))
+
+        def final_eval(model):
+            return evaluate(model, args.res, root)
+
+    cache_dir = None if args.no_cache else (args.cache_dir or default_cache_dir())
     t0 = time.perf_counter()
     result = adapt(args.weights, args.out, data, res=args.res, width=args.width, variant=args.variant,
                    teacher=args.teacher, config=cfg, teacher_format=args.teacher_format, resume=args.resume,
                    overwrite=args.force, progress=progress, threads=args.threads,
-                   teacher_backend=args.teacher_backend)
+                   teacher_backend=args.teacher_backend, init=args.init, device=device, cache_dir=cache_dir,
+                   final_eval=final_eval, eval_images=eval_images)
     rec = result.record
-    print(f"adapted checkpoint: {result.path}  ({rec['epochs']} epochs, {rec['num_images']} crops, "
-          f"{rec['seconds']:.0f} s in all, this call {time.perf_counter() - t0:.0f} s)")
-    if args.eval and before is not None:
-        after = evaluate(result.model, args.res, root)
+    print(f"adapted checkpoint: {result.path}  ({rec['epochs']} epochs = {rec['steps']} steps, {rec['num_images']} "
+          f"crops, {rec['seconds']:.0f} s wall / {rec['cpu_seconds']:.0f} s CPU in all, this call "
+          f"{time.perf_counter() - t0:.0f} s)")
+    if args.eval and before is not None and "evaluation" in rec:
+        after = rec["evaluation"]
         for name in after:
             ref, lo, new = before[1.0][name], before[args.res][name], after[name]
             line = (f"{name}: res 1.0 R1 {ref['rank1']:.1f} mAP {ref['mAP']:.1f} | res {args.res} before R1 "
