@@ -153,11 +153,25 @@ class Bundle:
                 f"runtime={allowed[0]!r} or re-export with --target {runtime}")
 
 
+def _own_version() -> str:
+    from . import __version__
+
+    return __version__
+
+
+def _format_advice(version: Any) -> str:
+    """What to do with a bundle of another format: bundles are exported on the host, cameras only load them."""
+    if isinstance(version, int) and not isinstance(version, bool) and version > FORMAT_VERSION:
+        return ("A newer osnet_edge wrote it: upgrade osnet_edge on this device (pip install -U osnet_edge), or "
+                f"re-export the bundle on the host with osnet_edge {_own_version()} (osnet-edge export)")
+    return f"Re-export the bundle on the host with osnet_edge {_own_version()} (osnet-edge export)"
+
+
 def _read_manifest(path: Path) -> dict[str, Any]:
     mpath = path / MANIFEST
     if not mpath.is_file():
         raise BundleError(f"{path} is not an osnet_edge bundle: {MANIFEST} is missing "
-                          "(an interrupted export? re-run scripts/export.py)")
+                          "(an interrupted export? re-run osnet-edge export on the host)")
     try:
         manifest = json.loads(mpath.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
@@ -166,9 +180,8 @@ def _read_manifest(path: Path) -> dict[str, Any]:
         raise BundleError(f"{mpath} is not an osnet_edge manifest (format must be {FORMAT!r})")
     version = manifest.get("format_version")
     if version not in READABLE_FORMAT_VERSIONS or isinstance(version, bool):
-        raise BundleError(f"{mpath} has format_version {version!r}; this osnet_edge reads versions "
-                          f"{', '.join(map(str, READABLE_FORMAT_VERSIONS))}. Re-export the bundle with this "
-                          "version of osnet_edge")
+        raise BundleError(f"{mpath} has format_version {version!r}; this osnet_edge ({_own_version()}) reads "
+                          f"versions {', '.join(map(str, READABLE_FORMAT_VERSIONS))}. " + _format_advice(version))
     missing = [k for k in REQUIRED_KEYS if k not in manifest]
     if missing:
         raise BundleError(f"{mpath} lacks required fields: {', '.join(missing)}")
@@ -255,7 +268,7 @@ def read_manifest(path: str | os.PathLike) -> dict[str, Any]:
     path = Path(path)
     if not path.is_dir():
         what = "is not a directory" if path.exists() else "not found"
-        raise BundleError(f"bundle {path}: {what} (a bundle is a directory written by scripts/export.py)")
+        raise BundleError(f"bundle {path}: {what} (a bundle is a directory written by osnet-edge export)")
     return _read_manifest(path)
 
 

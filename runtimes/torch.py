@@ -6,7 +6,6 @@ the bundle's manifest and reloads its weights (checksum verified).
 from __future__ import annotations
 
 import importlib.util
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -52,16 +51,18 @@ class TorchRuntime:
     @staticmethod
     def _model_from_bundle(bundle: "Bundle"):
         from osnet_edge.models import build_osnet, load_torchreid_weights
-        from osnet_edge.models.weights import file_sha256
 
         m = bundle.manifest["model"]
         model = build_osnet(m["width"], m["variant"])
         weights = bundle.manifest.get("weights")
-        if weights:
-            src = Path(weights["source"])
-            if not src.is_file() or file_sha256(src) != weights["sha256"]:
-                raise RuntimeFailure(f"torch reference needs the bundle's weights {src} "
-                                     "(missing or changed since export)")
+        if weights:  # found from the bundle's portable record (osnet_edge.provenance), sha256 checked
+            from osnet_edge.provenance import candidates, checkpoint_dirs, locate
+
+            src = locate(weights, bundle.path, checkpoint_dirs())
+            if src is None:
+                tried = ", ".join(str(p) for p in candidates(weights, bundle.path, checkpoint_dirs()))
+                raise RuntimeFailure(f"torch reference needs the bundle's weights {weights['source']} (sha256 "
+                                     f"{weights['sha256'][:12]}...): not found or changed since export (looked at {tried})")
             load_torchreid_weights(model, src)
         elif bundle.manifest.get("random_seed") is not None:  # seeded random weights: rebuilt exactly
             from osnet_edge.models import random_model

@@ -163,7 +163,7 @@ def test_unadapted_weights_at_reduced_resolution_warn(tmp_path, checkpoint):
     with pytest.warns(UnadaptedResolutionWarning) as record:
         _export_until_written(tmp_path, checkpoint, 0.5)
     message = str(record[0].message)
-    assert "91.5 -> 27.3" in message and "77.4 -> 11.0" in message and "scripts/adapt.py" in message
+    assert "91.5 -> 27.3" in message and "77.4 -> 11.0" in message and "osnet-edge adapt" in message
     assert "128x64" in message and str(checkpoint) in message
     with warnings.catch_warnings():  # full resolution: nothing to say
         warnings.simplefilter("error", UnadaptedResolutionWarning)

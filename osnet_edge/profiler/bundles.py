@@ -86,10 +86,12 @@ def holds_network(bundle: Any, point: GridPoint, weights: str | None,
         return False
     if point.precision != "int8":
         return True
+    from ..provenance import locate
+
     calib = m.get("calibration") or {}
     folder = calibration.folder if calibration is not None else None
-    return (folder is not None and calib.get("source") is not None
-            and Path(calib["source"]).resolve() == folder.resolve()
+    recorded = locate(calib, bundle.path, folder=True)  # the calibration folder as the bundle records it
+    return (folder is not None and recorded is not None and recorded == folder.resolve()
             and calib.get("max_images") == calibration.max_images)
 
 

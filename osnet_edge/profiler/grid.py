@@ -52,7 +52,7 @@ def profile_grid(points: Sequence[GridPoint], crops: Sequence[np.ndarray], work_
                  log: Callable[[str], None] | None = None,
                  reuse_dirs: Sequence[str | os.PathLike] = (DEFAULT_BUNDLE_DIR,)) -> GridResult:
     """Export (cached) and time every grid point; rows already in ``store`` are skipped.
-    Bundles scripts/export.py wrote in ``reuse_dirs`` are timed instead when they hold the same network.
+    Bundles osnet-edge export wrote in ``reuse_dirs`` are timed instead when they hold the same network.
 
     Points that cannot run here (runtime missing, INT8 without calibration or without the
     quantization code, export failure) are reported in ``skipped`` with the reason, and the

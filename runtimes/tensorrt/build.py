@@ -112,7 +112,7 @@ def _tensorrt_bundle(bundle: "Bundle | str | os.PathLike") -> "Bundle":
     bundle = bundle if isinstance(bundle, Bundle) else load_bundle(bundle)
     if bundle.runtime != "tensorrt":
         raise BundleError(f"bundle {bundle.path} was exported for {bundle.runtime}, not TensorRT; re-export it "
-                          "with scripts/export.py --target tensorrt")
+                          "on the host with osnet-edge export --target tensorrt")
     return bundle
 
 

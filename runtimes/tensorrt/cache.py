@@ -89,7 +89,7 @@ def build_settings(manifest: dict, workspace_mib: int | None = None) -> BuildSet
         raise BundleError(f"manifest 'build' must be a dict, got {type(build).__name__}")
     if build.get("strongly_typed") is False:
         raise BundleError("manifest build.strongly_typed is false: TensorRT 11 builds strongly typed networks only "
-                          "(precision lives in the ONNX); re-export with scripts/export.py --target tensorrt")
+                          "(precision lives in the ONNX); re-export on the host with osnet-edge export --target tensorrt")
     fused = bool(pre.get("fused", False))
     max_batch = _positive_int(build.get("max_batch", manifest.get("max_batch") or 64), "max_batch")
     opt_batch = _positive_int(build.get("opt_batch", min(DEFAULT_OPT_BATCH, max_batch)), "opt_batch")
