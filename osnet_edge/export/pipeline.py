@@ -17,6 +17,7 @@ from ..bundle import PRECISIONS, RANDOM_WEIGHTS_SEED, TARGETS, Bundle, BundleWri
 from ..models import FEATURE_DIM, build_osnet, input_size, load_torchreid_weights, random_model
 from ..notices import RandomWeightsWarning, UnadaptedResolutionWarning, random_weights_advice
 from ..preprocess import DEFAULT_INTERPOLATION, IMAGENET_MEAN, IMAGENET_STD
+from ..provenance import portable_calibration, portable_record
 from .graph import DEFAULT_GLOBAL_POOL, check_global_pool
 from .onnx import DEFAULT_OPSET, INPUT_NAME, OUTPUT_NAME, convert_fp16, save_openvino_ir, to_onnx
 
@@ -77,7 +78,7 @@ def warn_if_unadapted(weights: str | os.PathLike | None, adaptation: Any, res: f
     else:
         return
     source = "the model" if weights is None else str(weights)
-    warnings.warn(f"{source} {what}. Adapt the weights to this resolution first: python scripts/adapt.py "
+    warnings.warn(f"{source} {what}. Adapt the weights to this resolution first: osnet-edge adapt "
                   f"--weights {weights or 'CKPT'} --res {res:g} --data CROPS_DIR --out adapted.pth, then export "
                   "adapted.pth", UnadaptedResolutionWarning, stacklevel=3)
 
@@ -280,7 +281,8 @@ def export_bundle(out: str | os.PathLike, width: float = 1.0, res: float = 1.0, 
                       "mult_adds": macs, "input_name": INPUT_NAME, "output_name": OUTPUT_NAME,
                       # the tensor only: its colour is preprocess.color (+ preprocess.description)
                       "input_layout": _input_layout(target, fuse_preprocess)},
-            "weights": weights_info,
+            # portable: the checkpoint's name, sha256 and path from the bundle, never the host's absolute path
+            "weights": weights_info and portable_record(weights_info["source"], out, sha256=weights_info["sha256"]),
             "random_weights": weights_info is None and not getattr(model, "adaptation", None),
             "random_seed": seed,
             "adaptation": getattr(model, "adaptation", None),
@@ -288,7 +290,7 @@ def export_bundle(out: str | os.PathLike, width: float = 1.0, res: float = 1.0, 
                            "interpolation": interpolation, "fused": bool(fuse_preprocess),
                            "description": _preprocess_description(fuse_preprocess, _input_layout(target, False).split()[0])},
             "runtime": target, "precision": precision, "max_batch": max_batch,
-            "calibration": calibration_info, "quantization": quant_report, "build": build or None,
+            "calibration": portable_calibration(calibration_info, out), "quantization": quant_report, "build": build or None,
             "versions": _versions(target), "opset": None if target == "litert" else opset,
             "graph_form": GRAPH_FORMS[target], "global_pool": None if target == "litert" else global_pool,
         })
