@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import REPO, SHARED_DATA, X025_MARKET, require
+from .conftest import REPO, SHARED_DATA, X025_MARKET, require
 
 from osnet_edge import runtimes
 from osnet_edge.quantize.rknn import PLATFORM_PRECISIONS, build_config
@@ -65,6 +65,7 @@ def test_registry_has_both_rknn_runtimes_and_the_bundle_allows_them():
     assert runtimes.get("rknn").name == "rknn" and runtimes.get("rknn-sim").name == "rknn-sim"
 
 
+@pytest.mark.filterwarnings("ignore::UserWarning")
 @pytest.mark.skipif(runtimes.get("rknn").is_available(), reason="rknn-toolkit-lite2 is installed here")
 def test_board_runtime_without_rknnlite_names_the_extra(dummy_bundles):
     from osnet_edge.bundle import load_bundle
@@ -127,11 +128,13 @@ def test_cli_rknn_flags_are_checked_before_any_work():
 
 
 def test_worker_reads_the_toolkits_error_analysis(tmp_path):
-    sys.path.insert(0, str(Path(toolchain.WORKER).parent))
-    try:
-        import rknn_worker
-    finally:
-        sys.path.pop(0)
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("rknn_worker_under_test", toolchain.WORKER)
+    rknn_worker = importlib.util.module_from_spec(spec)
+    saved = list(sys.path)
+    spec.loader.exec_module(rknn_worker)  # it prunes its own folder from sys.path: restore ours
+    sys.path[:] = saved
     text = ("# simulator_error: calculate the output error of each layer of the simulator (compared to the "
             "'golden' value).\n"
             "[Input]       input                                          1.00000 | 0.0           1.00000 | 0.0\n"
