@@ -39,6 +39,8 @@ COMMANDS: dict[str, Command] = {
                             "fidelity target here", False),
     "int8-fidelity": Command("int8_fidelity", "INT8 vs FP32 cosine and rank-1 / mAP per runtime, resolution and "
                                               "protocol", True),
+    "track": Command("track", "track people through frames + MOT det.txt with a BoxMOT tracker using a bundle as its "
+                              "re-ID model (needs osnet_edge[trackers])", False),
 }
 
 
