@@ -40,7 +40,7 @@ COMMANDS: dict[str, Command] = {
     "int8-fidelity": Command("int8_fidelity", "INT8 vs FP32 cosine and rank-1 / mAP per runtime, resolution and "
                                               "protocol", True),
     "track": Command("track", "track people through frames + MOT det.txt with a BoxMOT tracker using a bundle as its "
-                              "re-ID model (needs osnet_edge[trackers])", False),
+                              "re-ID model (BoxMOT needs torch: osnet_edge[trackers])", True),
 }
 
 
