@@ -45,7 +45,7 @@ def build_parser() -> Parser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.no_reid == bool(args.bundle):
-        raise CliError("give --bundle DIR (re-ID with an osnet_edge bundle) or --no-reid (motion only), not both")
+        raise CliError("give exactly one of --bundle DIR (re-ID with an osnet_edge bundle) and --no-reid (motion only)")
     from osnet_edge.progress import progress_bar
     from osnet_edge.trackers.boxmot_reid import BoxmotReID, create_tracker
     from osnet_edge.trackers.mot import TrackingRun, count_frames, format_mot_tracks, iter_frames, read_mot_detections
