@@ -148,7 +148,8 @@ def quantize_rknn(onnx_path: str | os.PathLike, calibration_set, out_dir: str | 
             dataset = out_dir / CALIBRATION_FILE
             calibration = write_calibration(calibration_set, dataset)
             if hybrid:
-                ranked = layer_sensitivity(config, onnx_path, dataset, fid_bgr, work, venv)
+                # ranked on calibration crops: the held-out crops stay unseen until the fidelity measurement
+                ranked = layer_sensitivity(config, onnx_path, dataset, calibration_set.uint8(), work, venv)
                 extra = [row["name"] for row in ranked if row["name"] not in config["fp16_layers"]][:hybrid]
                 config["fp16_layers"] = list(config["fp16_layers"]) + extra
                 config["hybrid_ranking"] = [{k: row[k] for k in ("name", "type", "single_cosine")}

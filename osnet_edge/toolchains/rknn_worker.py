@@ -165,7 +165,7 @@ def accuracy_analysis(rknn, spec: dict, work: str) -> dict:
     paths = []
     for i, crop in enumerate(crops):
         path = os.path.join(work, f"analysis_{i}.npy")
-        np.save(path, np.ascontiguousarray(crop[None]))
+        np.save(path, np.ascontiguousarray(crop.transpose(2, 0, 1)[None]))  # .npy inputs are taken as NCHW
         paths.append(path)
     out_dir = spec["output_dir"]
     code = rknn.accuracy_analysis(inputs=paths, output_dir=out_dir)
