@@ -61,6 +61,8 @@ def build_parser() -> Parser:
                    "latency is always measured alone, after them)")
     p.add_argument("--only", nargs="+", default=None, metavar="RUNTIME:PRECISION",
                    help="measure only these configurations (a partial run: for trying the script)")
+    p.add_argument("--why-partial", default=None, metavar="TEXT",
+                   help="with --only: why the other configurations are missing (stated under the tables)")
     p.add_argument("--rounds", type=int, default=5, help="interleaved latency rounds (default 5)")
     p.add_argument("--seconds", type=float, default=1.5, help="timed seconds per bundle per round (default 1.5)")
     p.add_argument("--threads", type=int, default=1, help="inference threads for latency (default 1)")
@@ -234,6 +236,9 @@ def measure(args) -> dict:
         result["models"].append({"key": spec["key"], "label": spec["label"], "width": spec["width"], "res": spec["res"],
                                  "weights": {"file": spec["weights"].name, "sha256": spec["weights_sha256"]},
                                  "bundles": bundles})
+    missing = [":".join(c) for c in CONFIGS if c not in configs]
+    if missing:
+        result["not_measured"] = {"configs": missing, "why": args.why_partial or "not requested (--only)"}
     result["latency_settings"] = measure_latency(result["models"], args, work)
     result["load_average_at_end"] = list(os.getloadavg())
     result["finished"] = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
@@ -285,8 +290,16 @@ def render_readme(r: dict) -> str:
               f"{q['metric']} distance, rank-1 / mAP in %. INT8 calibrated on {r['calibration']}. Latency: p50, "
               f"{s['threads']} inference thread, Extractor end to end on a {s['crop']}, {s['rounds']} interleaved "
               f"rounds, one process per bundle. {_machine_line(r)}. The cores were shared with other jobs: compare "
-              "ratios within the table, not absolute times across machines or runs."]
+              "ratios within the table, not absolute times across machines or runs." + _missing_line(r)]
     return "\n".join(lines) + "\n"
+
+
+def _missing_line(r: dict) -> str:
+    gone = r.get("not_measured")
+    if not gone:
+        return ""
+    names = ", ".join(f"{RUNTIME_NAMES[c.split(':')[0]]} {c.split(':')[1]}" for c in gone["configs"])
+    return f" **Not in this run: {names}** ({gone['why']})."
 
 
 def render_details(r: dict) -> str:
@@ -310,7 +323,7 @@ def render_details(r: dict) -> str:
               *[f"{k}: {v['line']}" for k, v in r["paper"]["rows"].items()
                 if k in {f"{m['width']:g}@{m['res']:g}" for m in r["models"]}], "```",
               f"Run {r['started']} → {r['finished']}, load average {r['load_average_at_start'][0]:.1f} at start, "
-              f"{r['load_average_at_end'][0]:.1f} at end. " + " ".join(r["notes"])]
+              f"{r['load_average_at_end'][0]:.1f} at end. " + " ".join(r["notes"]) + _missing_line(r)]
     return "\n".join(lines) + "\n"
 
 
@@ -331,7 +344,8 @@ def render_int8(r: dict) -> str:
                 cells.append("—" if not (t32 and t8) else f"{_ms(fp, batch)} / {_ms(q8, batch)} ({t32 / t8:.2f}×)")
             lines.append(f"| {m['label']} | {RUNTIME_NAMES[runtime]} | {_pair(a)} → {_pair(b)} | "
                          f"{b['rank1'] - a['rank1']:+.2f} / {b['mAP'] - a['mAP']:+.2f} | {cells[0]} | {cells[1]} |")
-    return "\n".join(lines) + "\n"
+    tail = _missing_line(r).strip()
+    return "\n".join(lines + (["", tail] if tail else [])) + "\n"
 
 
 RENDERERS = {"readme": render_readme, "details": render_details, "int8": render_int8}
