@@ -64,6 +64,16 @@ def test_profile_times_given_bundles_without_torch(bundle, no_torch_env, tmp_pat
     assert resumed == rows, "rows already measured for this bundle folder were measured again"
 
 
+def test_grid_without_torch_points_at_bundle_paths(no_torch_env, tmp_path):
+    """The newcomer's dead end: a grid on a torch-free camera cannot export; the error says what to run."""
+    env, _ = no_torch_env
+    res = _profile(["--width", "0.25", "--res", "0.25", "--weights", "none", "--work", str(tmp_path), *FAST],
+                   env, tmp_path)
+    assert res.returncode == 1
+    assert "osnet-edge profile BUNDLE" in res.stdout + res.stderr
+    assert "no configuration could be measured" in res.stderr
+
+
 def test_profile_reports_what_it_could_not_time(bundle, tmp_path):
     from osnet_edge.profiler import profile_bundles
     from osnet_edge.samples import synthetic_crops

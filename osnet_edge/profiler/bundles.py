@@ -140,8 +140,8 @@ def ensure_bundle(work_dir: str | os.PathLike, point: GridPoint, weights: str | 
     try:
         from ..export import export_bundle
     except ImportError as exc:
-        raise ImportError(f"exporting {point.label} needs torch and onnx ({exc}); pass ready bundles or "
-                          "pip install 'osnet_edge[export]'") from None
+        raise ImportError(f"exporting {point.label} needs torch and onnx ({exc}): pip install 'osnet_edge[export]', "
+                          "or time bundles exported on the host: osnet-edge profile BUNDLE [BUNDLE ...]") from None
     calib = None
     if point.precision == "int8":
         from ..models import input_size
