@@ -178,9 +178,9 @@ class Extractor:
     * **Channel order.** RGB crops (PIL, imageio, most decoders other than OpenCV) passed with the
       default ``color="bgr"`` give unit-norm, plausible-looking embeddings of the wrong input: on
       Market-1501 train crops their cosine to the right embeddings averaged 0.56 (x0.25 Market weights)
-      and 0.69 (x0.25 MSMT17). Pass ``color="rgb"``. Nothing checks this for you: the embeddings carry
-      no reliable sign of it (their raw norm was larger for the wrong order about as often as for the
-      right one), and colour statistics of the crops are a scene prior, not a check.
+      and 0.69 / 0.64 (x0.25 / x0.5 MSMT17). Pass ``color="rgb"``. Nothing checks this for you: the
+      embeddings carry no reliable sign of it (which order gives the larger raw norm differs between
+      checkpoints and crops), and colour statistics of the crops are a scene prior, not a check.
     * **Box format.** :meth:`from_frame` takes ``xyxy`` pixels. ``xywh`` boxes are refused only where
       they are inverted; a box near the top-left corner (x < w and y < h) is a valid ``xyxy`` box of
       the wrong region and embeds silently. Convert first: ``boxes[:, 2:] += boxes[:, :2]``.
