@@ -180,8 +180,9 @@ def _read_manifest(path: Path) -> dict[str, Any]:
         raise BundleError(f"{mpath} is not an osnet_edge manifest (format must be {FORMAT!r})")
     version = manifest.get("format_version")
     if version not in READABLE_FORMAT_VERSIONS or isinstance(version, bool):
-        raise BundleError(f"{mpath} has format_version {version!r}; this osnet_edge ({_own_version()}) reads "
-                          f"versions {', '.join(map(str, READABLE_FORMAT_VERSIONS))}. " + _format_advice(version))
+        raise BundleError(f"{mpath} has format_version {version!r}; this osnet_edge reads versions "
+                          f"{', '.join(map(str, READABLE_FORMAT_VERSIONS))} (osnet_edge {_own_version()}). "
+                          + _format_advice(version))
     missing = [k for k in REQUIRED_KEYS if k not in manifest]
     if missing:
         raise BundleError(f"{mpath} lacks required fields: {', '.join(missing)}")
