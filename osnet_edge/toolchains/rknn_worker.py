@@ -66,8 +66,9 @@ def _config(rknn, job: dict) -> None:
         _fail("config", code)
 
 
-def _hybrid_build(rknn, job: dict, dataset: str, work: str) -> dict:
-    """hybrid_quantization_step1, then the named layers set to float16 in its config, then step2."""
+def _hybrid_build(rknn, job: dict, dataset: str, work: str):
+    """hybrid_quantization_step1, the named layers set to float16 in its config, then step2 on a fresh RKNN
+    object (step2 refuses one that loaded the ONNX); returns (that object, facts)."""
     here = os.getcwd()
     os.chdir(work)  # step1 writes its files into the current directory
     try:
@@ -87,13 +88,18 @@ def _hybrid_build(rknn, job: dict, dataset: str, work: str) -> dict:
         text = re.sub(r"custom_quantize_layers:\s*\{\}\s*\n", f"custom_quantize_layers:\n{entries}", text, count=1)
         with open(cfg_path, "w", encoding="utf-8") as fh:
             fh.write(text)
+        from rknn.api import RKNN
+
+        rknn.release()
+        rknn = RKNN(verbose=bool(job.get("verbose", False)))
+        _config(rknn, job)
         code = rknn.hybrid_quantization_step2(model_input=f"{stem}.model", data_input=f"{stem}.data",
                                               model_quantization_cfg=cfg_path)
         if code != 0:
             _fail("hybrid_quantization_step2", code)
     finally:
         os.chdir(here)
-    return {"fp16_layers": wanted}
+    return rknn, {"fp16_layers": wanted}
 
 
 def build(job: dict, work: str):
@@ -115,7 +121,8 @@ def build(job: dict, work: str):
     if job["precision"] == "int8":
         dataset, facts["num_calibration_images"] = _write_dataset(job["dataset"], work)
         if job.get("fp16_layers"):
-            facts.update(_hybrid_build(rknn, dict(job, onnx=onnx_copy), dataset, work))
+            rknn, hybrid = _hybrid_build(rknn, dict(job, onnx=onnx_copy), dataset, work)
+            facts.update(hybrid)
         else:
             code = rknn.build(do_quantization=True, dataset=dataset)
             if code != 0:
