@@ -45,6 +45,7 @@ def build_parser() -> Parser:
     p.add_argument("--seconds", type=float, default=0.4, help="timed seconds per measurement per round")
     p.add_argument("--no-third-party", action="store_true", help="leave out the third-party ONNX")
     p.add_argument("--json", metavar="PATH", help="write machine, settings, every sample and the table as JSON")
+    p.add_argument("--render", metavar="JSON", help="print the markdown table of a run saved with --json (no timing)")
     p.add_argument("--one", metavar="SPEC", help="internal: time one contender (child process)")
     return p
 
@@ -263,11 +264,42 @@ def print_table(rows: list[dict]) -> None:
               + " | ".join(cells) + ratio_text)
 
 
+def _cell(row: dict, form: str) -> str:
+    f = row["forms"].get(form)
+    return f"{f['p50_ms']:.2f} ({min(f['round_p50_ms']):.2f}-{max(f['round_p50_ms']):.2f})" if f else ""
+
+
+def markdown_table(rows: list[dict]) -> str:
+    """Bare and end-to-end rows side by side: ms median (range of round medians), RM/GAP median (range)."""
+    from osnet_edge.models import input_size
+
+    by_key = {(r["runtime"], r["threads"], r["res"], r["batch"], r["mode"]): r for r in rows}
+    lines = ["| runtime | threads | input | batch | bare RM | bare GAP | bare RM/GAP | Extractor RM | Extractor GAP "
+             "| Extractor RM/GAP | third-party bare | third-party flushed bare |", "|" + "---|" * 12]
+    for (rt, th, res, b, mode), bare in by_key.items():
+        if mode != "bare":
+            continue
+        e2e = by_key.get((rt, th, res, b, "end_to_end"), {"forms": {}})
+        ratio = [f"{r['median']:.3f} ({r['min']:.2f}-{r['max']:.2f})" if r else "" for r in
+                 (bare.get("rm_over_gap"), e2e.get("rm_over_gap"))]
+        h, w = input_size(res)
+        cells = [_cell(bare, "ReduceMean"), _cell(bare, "GlobalAveragePool"), ratio[0], _cell(e2e, "ReduceMean"),
+                 _cell(e2e, "GlobalAveragePool"), ratio[1], _cell(bare, "third-party"), _cell(bare, "third-party, flushed")]
+        lines.append(f"| {rt} | {th} | {h}x{w} | {b} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def main(argv=None) -> int:
     p = build_parser()
     args = p.parse_args(argv)
     if args.one:
         print(json.dumps(time_one(json.loads(args.one))))
+        return 0
+    if args.render:
+        with open(args.render) as f:
+            saved = json.load(f)
+        print(f"cpu: {saved['cpu']['model']}; {saved['cpu']['summary']}\nversions: {saved['versions']}")
+        print(markdown_table(saved["rows"]))
         return 0
     if min(args.threads) < 1 or min(args.batch) < 1 or args.rounds < 1 or args.seconds <= 0:
         p.error("--threads, --batch and --rounds must be >= 1 and --seconds > 0")
@@ -283,6 +315,7 @@ def main(argv=None) -> int:
         results = run_rounds(specs, args.rounds)
     rows, agreement = summarise(specs, results), embedding_agreement(specs, results)
     print_table(rows)
+    print(markdown_table(rows))
     for a in agreement:
         print(f"embeddings {a['runtime']} res {a['res']:g}: ReduceMean vs GAP max |diff| {a['max_abs_diff']:.2e}")
     if args.json:
