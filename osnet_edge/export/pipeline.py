@@ -7,7 +7,7 @@ import os
 import platform
 import warnings
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import torch
 from torch import nn
@@ -18,6 +18,7 @@ from ..models import FEATURE_DIM, build_osnet, input_size, load_torchreid_weight
 from ..notices import RandomWeightsWarning, UnadaptedResolutionWarning, random_weights_advice
 from ..preprocess import DEFAULT_INTERPOLATION, IMAGENET_MEAN, IMAGENET_STD
 from ..provenance import portable_calibration, portable_record
+from ..tuning import DEFAULT_FIDELITY_TARGET
 from .graph import DEFAULT_GLOBAL_POOL, check_global_pool
 from .onnx import DEFAULT_OPSET, INPUT_NAME, OUTPUT_NAME, convert_fp16, save_openvino_ir, to_onnx
 
@@ -180,7 +181,7 @@ def _export_litert(model: nn.Module, folder: Path, hw: tuple[int, int], precisio
     return {**conversion, "xnnpack": coverage}, quant_report
 
 
-def _check_request(target: str, precision: str, max_batch: int, calibration: Any) -> None:
+def _check_request(target: str, precision: str, max_batch: int, calibration: Any, variants: Sequence[str] = ()) -> None:
     """The target / precision / batch / calibration combination, checked before any work."""
     if target not in TARGETS:
         raise ValueError(f"target must be one of {TARGETS}, got {target!r}")
@@ -193,8 +194,8 @@ def _check_request(target: str, precision: str, max_batch: int, calibration: Any
     if precision == "int8" and calibration is None:
         raise ValueError("--precision int8 needs a calibration set of person crops (--calib DIR): "
                          "INT8 ranges come from real images, never from random data")
-    if precision != "int8" and calibration is not None and target != "rknn":
-        raise ValueError("a calibration set is only used with --precision int8")
+    if precision != "int8" and "int8" not in variants and calibration is not None and target != "rknn":
+        raise ValueError("a calibration set is only used with --precision int8 (or an int8 variant)")
     if precision == "bf16":
         from ..runtimes.openvino import cpu_supports_bf16
         if not cpu_supports_bf16():
@@ -227,14 +228,58 @@ def _resolve_model(model: nn.Module | None, width: float, variant: str, weights,
     return model, width, variant, weights_info, seed
 
 
+VARIANTS_DIR = "variants"
+
+
+def _check_variants(target: str, precision: str, variants: Sequence[str], calibration: Any) -> list[str]:
+    """Extra precisions of ``target``, each once, none equal to the primary; int8 needs the calibration set."""
+    if isinstance(variants, str):
+        variants = [variants]
+    out = []
+    for name in variants:
+        if name not in TARGET_PRECISIONS[target]:
+            raise ValueError(f"variant {name!r}: target {target} supports precisions {TARGET_PRECISIONS[target]}")
+        if name == precision or name in out:
+            raise ValueError(f"variant {name!r} repeats the primary precision or another variant")
+        out.append(name)
+    if "int8" in out and calibration is None:
+        raise ValueError("an int8 variant needs a calibration set of person crops (--calib DIR)")
+    return out
+
+
+def _model_files(folder: Path, precision: str, *, model: nn.Module, hw: tuple[int, int], target: str,
+                 fuse_preprocess: bool, calibration: Any, calib_method: str | None, opset: int, max_batch: int,
+                 trained: bool, step: Callable[[str], None], progress: bool,
+                 quant_options: dict, global_pool: str = DEFAULT_GLOBAL_POOL
+                 ) -> tuple[dict, dict | None, dict | None]:
+    """One precision's model files in ``folder``; (build info, calibration info, quantization report)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    quant_options = dict(quant_options)  # each build may pop / default its own options
+    calib = calibration if precision == "int8" else None
+    if target == "rknn":  # fp16 too: the simulator measures fidelity on the calibration set's held-out crops
+        from .rknn import rknn_model_files
+
+        return rknn_model_files(folder, precision, model, hw, calibration, calib_method, opset, trained, step,
+                                quant_options)
+    if target == "litert":
+        build, quant_report = _export_litert(model, folder, hw, precision, fuse_preprocess, calib, calib_method,
+                                             trained, step, progress, quant_options)
+        calibration_info = None
+        if quant_report is not None:
+            calibration_info = {**calib.describe(), "method": quant_report.pop("method_used")}
+        return build, calibration_info, quant_report
+    return _export_onnx_family(model, folder, hw, target, precision, fuse_preprocess, calib, calib_method, opset,
+                               max_batch, trained, step, progress, quant_options, global_pool)
+
+
 def export_bundle(out: str | os.PathLike, width: float = 1.0, res: float = 1.0, variant: str = "osnet",
                   target: str = "onnxruntime", precision: str = "fp32", weights: str | os.PathLike | None = None,
                   fuse_preprocess: bool = False, max_batch: int = 64, calibration: Any = None,
                   calib_method: str | None = None, interpolation: str = DEFAULT_INTERPOLATION,
                   opset: int = DEFAULT_OPSET, allow_unsafe_pickle: bool = False, overwrite: bool = True,
                   model: nn.Module | None = None, on_step: Callable[[str], None] | None = None,
-                  random_seed: int = RANDOM_WEIGHTS_SEED, global_pool: str = DEFAULT_GLOBAL_POOL,
-                  **quant_options: Any) -> Bundle:
+                  random_seed: int = RANDOM_WEIGHTS_SEED, variants: Sequence[str] = (),
+                  global_pool: str = DEFAULT_GLOBAL_POOL, **quant_options: Any) -> Bundle:
     """Export OSNet (``width``, ``res``, ``variant``) as a bundle for ``target`` at ``precision``.
 
     ``weights``: a torchreid checkpoint; None exports random weights initialised from
@@ -243,12 +288,17 @@ def export_bundle(out: str | os.PathLike, width: float = 1.0, res: float = 1.0, 
     ``calibration``: a CalibrationSet (int8 only). ``model`` lets a caller pass an already
     built (e.g. adapted) network instead of width/variant/weights. ``global_pool``: the op ONNX-family
     graphs write global average pools as (export.graph.GLOBAL_POOL_OPS; the manifest records it).
+    ``variants``: more precisions of the
+    same target built into ``variants/<precision>/`` beside the primary model (e.g. ``precision="fp32",
+    variants=("int8",)``), so that the camera picks the fastest meeting the fidelity target
+    (osnet_edge.tuning; ``osnet-edge tune``).
     """
     from ..profiler.counting import count_macs, count_params
 
     step = on_step or (lambda msg: log.info(msg))
     fuse_preprocess = fuse_preprocess or target == "rknn"  # the .rknn takes uint8 crops, mean/std fused by the toolkit
-    _check_request(target, precision, max_batch, calibration)
+    _check_request(target, precision, max_batch, calibration, [variants] if isinstance(variants, str)
+                   else variants)
     check_global_pool(global_pool)
     hw = input_size(res)
     model, width, variant, weights_info, seed = _resolve_model(model, width, variant, weights, res, random_seed,
@@ -259,22 +309,21 @@ def export_bundle(out: str | os.PathLike, width: float = 1.0, res: float = 1.0, 
     # Trained weights: quantization-aware distillation with the torch model as FP32 teacher
     # (quant_options distill=False turns it off). Random weights: plain PTQ (nothing to keep).
     trained = weights_info is not None or bool(getattr(model, "adaptation", None))
+    variants = _check_variants(target, precision, variants, calibration)
+    files = dict(model=model, hw=hw, target=target, fuse_preprocess=fuse_preprocess, calibration=calibration,
+                 calib_method=calib_method, opset=opset, max_batch=max_batch, trained=trained, step=step,
+                 progress=on_step is not None, quant_options=quant_options, global_pool=global_pool)
     with BundleWriter(out, overwrite=overwrite) as w:
-        calibration_info, quant_report, build = None, None, {}
-        if target == "rknn":  # fp16 too: the simulator measures fidelity on the calibration set's held-out crops
-            from .rknn import rknn_model_files
-
-            build, calibration_info, quant_report = rknn_model_files(w.path, precision, model, hw, calibration,
-                                                                     calib_method, opset, trained, step, quant_options)
-        elif target == "litert":
-            build, quant_report = _export_litert(model, w.path, hw, precision, fuse_preprocess, calibration,
-                                                 calib_method, trained, step, on_step is not None, quant_options)
-            if quant_report is not None:
-                calibration_info = {**calibration.describe(), "method": quant_report.pop("method_used")}
-        else:
-            build, calibration_info, quant_report = _export_onnx_family(
-                model, w.path, hw, target, precision, fuse_preprocess, calibration, calib_method, opset,
-                max_batch, trained, step, on_step is not None, quant_options, global_pool)
+        build, calibration_info, quant_report = _model_files(w.path, precision, **files)
+        extra = {}
+        for name in variants:
+            step(f"variant {name}: building it beside the {precision} model (the device picks one: osnet-edge tune)")
+            v_build, v_calib, v_quant = _model_files(w.path / VARIANTS_DIR / name, name, **files)
+            extra[name] = {"path": f"{VARIANTS_DIR}/{name}", "precision": name,
+                           "calibration": portable_calibration(v_calib, out),
+                           "quantization": v_quant, "build": v_build or None}
+        if extra:
+            w.manifest.update(variant=precision, variants=extra, fidelity_target=dict(DEFAULT_FIDELITY_TARGET))
         w.manifest.update({
             "model": {"variant": variant, "width": float(width), "res": float(res), "input_size": list(hw),
                       "input_size_order": "HW", "embedding_dim": FEATURE_DIM, "params": params,
