@@ -251,7 +251,7 @@ def test_extractor_contract_on_the_simulator(sim_extractor, int8_bundle):
 
 
 def test_simulator_runtime_refuses_bad_input(sim_extractor):
-    with pytest.raises(ValueError):
+    with pytest.raises(TypeError, match="uint8"):
         sim_extractor(np.zeros((2, 64, 32, 3), np.float32))
     with pytest.raises(ValueError):
         sim_extractor([np.zeros((0, 10, 3), np.uint8)])
