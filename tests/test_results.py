@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO, load_script
+from .conftest import REPO, load_script
 
 results = load_script("results.py", "script_results")
 RESULTS = json.loads((REPO / results.RESULTS_JSON).read_text(encoding="utf-8"))
