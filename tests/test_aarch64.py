@@ -222,7 +222,8 @@ def test_compare_fails_on_wrong_numbers():
     assert not int8.ok and [f.split(":")[0] for f in int8.failures] == ["crop 3", "crop 4"]
     small = ref + np.float32(1e-3) * rng.standard_normal(ref.shape).astype(np.float32)
     assert tool.compare(ref, small, "int8").ok and not tool.compare(ref, small, "fp16").ok
-    assert tool.compare(ref, ref + np.float32(2e-4) * rng.standard_normal(ref.shape).astype(np.float32), "fp16").ok
+    assert tool.compare(ref, small, "fp16", "onnxruntime").ok    # fp16 arithmetic on ARM: INT8's bound
+    assert not tool.compare(ref, swapped, "fp16", "onnxruntime").ok
     with pytest.raises(ValueError, match="precision"):
         tool.compare(ref, ref, "bf16")
     with pytest.raises(ValueError, match="shape"):
