@@ -105,6 +105,23 @@ def read_record(bundle: Bundle, runtime: str | None = None, threads: int | None 
     return record
 
 
+def records_here(bundle: Bundle) -> list[dict]:
+    """Every tuning record of ``bundle`` made on this machine (any runtime or thread count): what
+    ``osnet-edge info`` shows. A record counts when its CPU, flags, architecture and runtime version match."""
+    out = []
+    for folder in (bundle.path / TUNING_SUBDIR, _fallback_dir(bundle)):
+        for path in sorted(folder.glob("*.json")) if folder.is_dir() else []:
+            try:
+                record = json.loads(path.read_text())
+            except (OSError, ValueError):
+                continue
+            facts = record.get("machine") or {}
+            _, here = machine_key(facts.get("runtime", bundle.runtime), facts.get("threads"))
+            if record.get("format") == RECORD_FORMAT and facts == here and record.get("chosen") in bundle.variant_names:
+                out.append(record)
+    return out
+
+
 def fidelity_target(bundle: Bundle) -> dict:
     return dict(bundle.manifest.get("fidelity_target") or DEFAULT_FIDELITY_TARGET)
 
@@ -223,5 +240,5 @@ def choose_variant(bundle: Bundle, requested: str | None, runtime: str | None, t
     return names[0]
 
 
-__all__ = ["tune", "choose_variant", "read_record", "machine_key", "record_path", "fidelity_target",
+__all__ = ["tune", "choose_variant", "read_record", "records_here", "machine_key", "record_path", "fidelity_target",
            "variant_fidelity", "meets_target", "DEFAULT_FIDELITY_TARGET", "TUNING_CACHE_ENV"]

@@ -79,17 +79,17 @@ def describe(path: str | os.PathLike, manifest: Mapping[str, Any], checks: Seque
 def _variant_lines(path: str | os.PathLike, m: Mapping[str, Any]) -> list[str]:
     """The variants a bundle carries with their fidelity, and this machine's tuned choice (osnet-edge tune)."""
     from osnet_edge.bundle import Bundle
-    from osnet_edge.tuning import read_record
+    from osnet_edge.tuning import records_here
 
     parts = [f"{m.get('variant', m['precision'])} (primary)"]
     for name, entry in m["variants"].items():
         fid = ((entry.get("quantization") or {}).get("fidelity")) or {}
         parts.append(f"{name} in {entry['path']}/" + (f" (cosine {fid['cosine_mean']:.4f} / p1 {fid['cosine_p1']:.4f})"
                                                       if fid else ""))
-    record = read_record(Bundle(Path(path), dict(m)))
-    tuned = (f"{record['chosen']} ({record['machine']['runtime']} {record['machine']['runtime_version']}, "
-             f"threads {record['machine']['threads'] or 'auto'}, batch {record['batch']}, {record['created']})"
-             if record else "not yet: run osnet-edge tune on this machine (until then the primary loads)")
+    records = records_here(Bundle(Path(path), dict(m)))
+    tuned = "; ".join(f"{r['chosen']} ({r['machine']['runtime']} {r['machine']['runtime_version']}, threads "
+                      f"{r['machine']['threads'] or 'auto'}, batch {r['batch']}, {r['created']})" for r in records) \
+        or "not yet: run osnet-edge tune on this machine (until then the primary loads)"
     return [f"variants:      {', '.join(parts)}", f"tuned here:    {tuned}"]
 
 
