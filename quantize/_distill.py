@@ -189,15 +189,12 @@ def distill(teacher, calib: np.ndarray, scheme: str, steps: int | None = None, b
             jitter: float = 0.0, placement: str = "conv", range_method: str = "minmax",
             shift_nonnegative: bool = False, quantize_outputs: bool = True, fixed_sigmoid_grid: bool = False,
             device: str = "cpu"):
-    """A copy of ``teacher`` trained to match it under simulated INT8; returns (student, info).
-
-    ``device``: 'cpu', 'cuda[:N]' or 'auto' (CUDA when torch sees one); the simulation stays float32
-    there (exact rounding), and the student comes back on the CPU, ready for export."""
+    """A copy of ``teacher`` trained to match it under simulated INT8; returns (student, info). ``device``:
+    cpu, cuda[:N] or auto (float32 simulation there; the student comes back on the CPU, ready for export)."""
     torch = _torch()
     import torch.nn.functional as F
 
     from osnet_edge.adapt.device import resolve_device
-
     device = resolve_device(device)
 
     if scheme not in ("uint8 asymmetric", "int8 symmetric"):

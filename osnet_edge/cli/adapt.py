@@ -3,6 +3,7 @@ crops."""
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 import time
 from typing import Mapping, Sequence
@@ -107,23 +108,7 @@ def build_parser() -> Parser:
     r.add_argument("--freeze", nargs="*", default=list(d.freeze), metavar="MODULE",
                    help="top-level modules kept fixed, e.g. conv1 conv2")
     r.add_argument("--seed", type=int, default=d.seed, help=f"default {d.seed}")
-    o = p.add_argument_group("output")
-    o.add_argument("--out", required=True, metavar="CKPT", help="adapted checkpoint (written every epoch)")
-    o.add_argument("--resume", action="store_true", help="continue an interrupted run (same options) from <out>.resume")
-    o.add_argument("--force", action="store_true", help="replace an existing --out")
-    o.add_argument("--eval", action="store_true",
-                   help="rank-1/mAP before and after on the shared data's evaluation protocols (when present)")
-    o.add_argument("--threads", type=int, default=None,
-                   help="torch threads (default: torch's, all cores). On a busy machine 1 thread can be several "
-                        "times faster: OpenMP threads wait for each other whenever one is descheduled")
-    o.add_argument("--device", default="auto", metavar="auto|cpu|cuda[:N]",
-                   help="where the student trains: auto = CUDA when torch sees a GPU, else cpu (default auto); "
-                        "mixed precision on CUDA, float32 on the CPU")
-    o.add_argument("--cache-dir", default=None, metavar="DIR",
-                   help="where the teacher's targets per view set are kept for later runs (default "
-                        "$OSNET_EDGE_CACHE/adapt or ~/.cache/osnet_edge/adapt)")
-    o.add_argument("--no-cache", action="store_true", help="keep the teacher's targets in memory only")
-    o.add_argument("--no-progress", action="store_true", help="no progress bars")
+    _add_output_options(p)
     return p
 
 
@@ -144,37 +129,33 @@ def labelled_default(weights: str, teacher: str | None, num_ids: int) -> dict:
     return losses
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    try:
-        from osnet_edge.adapt import AdaptationData, AdaptConfig, adapt, evaluate
-    except ImportError as exc:
-        raise CliError(f"adaptation needs torch ({exc.name} missing): pip install 'osnet_edge[export]'") from None
-    from osnet_edge.adapt.engine import default_cache_dir
+
+def _add_output_options(p: Parser) -> None:
+    o = p.add_argument_group("output")
+    o.add_argument("--out", required=True, metavar="CKPT", help="adapted checkpoint (written every epoch)")
+    o.add_argument("--resume", action="store_true", help="continue an interrupted run (same options) from <out>.resume")
+    o.add_argument("--force", action="store_true", help="replace an existing --out")
+    o.add_argument("--eval", action="store_true",
+                   help="rank-1/mAP before and after on the shared data's evaluation protocols (when present)")
+    o.add_argument("--threads", type=int, default=None,
+                   help="torch threads (default: torch's, all cores). On a busy machine 1 thread can be several "
+                        "times faster: OpenMP threads wait for each other whenever one is descheduled")
+    o.add_argument("--device", default="auto", metavar="auto|cpu|cuda[:N]",
+                   help="where the student trains: auto = CUDA when torch sees a GPU, else cpu (default auto); "
+                        "mixed precision on CUDA, float32 on the CPU")
+    o.add_argument("--cache-dir", default=None, metavar="DIR",
+                   help="where the teacher's targets per view set are kept for later runs (default "
+                        "$OSNET_EDGE_CACHE/adapt or ~/.cache/osnet_edge/adapt)")
+    o.add_argument("--no-cache", action="store_true", help="keep the teacher's targets in memory only")
+    o.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+def _read_data(args, progress: bool):
+    """The adaptation crops (--adaptation-set and/or --data), checked against the evaluation images;
+    returns (data, shared data root or None)."""
+    from osnet_edge.adapt import AdaptationData
     from osnet_edge.data import adaptation_samples, assert_disjoint_from_protocols, shared_data_dir
 
-    if not os.path.isfile(args.weights):
-        raise CliError(f"--weights {args.weights}: no such file")
-    if not args.data and args.adaptation_set is None:
-        raise CliError("give --data DIR... or --adaptation-set")
-    if args.init is not None and not os.path.isfile(args.init):
-        raise CliError(f"--init {args.init}: no such file")
-    try:
-        from osnet_edge.adapt.device import resolve_device
-        device = resolve_device(args.device)
-    except ValueError as exc:
-        raise CliError(f"--device: {exc}") from None
-    d = AdaptConfig()
-    losses = args.losses or _spec(d.losses)  # auto; with --labels decided once the data is read
-    cfg = AdaptConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, schedule=args.schedule,
-                      warmup_epochs=args.warmup_epochs, losses=losses, temperature=args.temperature,
-                      kd_temperature=args.kd_temperature, head=args.head, bn=args.bn, view_sets=args.view_sets,
-                      freeze=tuple(args.freeze), teacher_res=args.teacher_res, seed=args.seed,
-                      budget_min=args.budget_min)
-    if cfg.uses_labels and not args.labels:
-        raise CliError(f"losses {losses} need identities: add --labels")
-
-    progress = not args.no_progress
     samples_paths: list = []
     pids: list | None = [] if args.labels else None
     sources = []
@@ -199,6 +180,40 @@ def main(argv: Sequence[str] | None = None) -> int:
         except ValueError as exc:
             raise CliError(f"adaptation images include evaluation images: {exc}") from None
     data = AdaptationData.from_paths(samples_paths, pids, sources=sources, progress=progress)
+    return data, root
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        from osnet_edge.adapt import AdaptConfig, adapt, evaluate
+    except ImportError as exc:
+        raise CliError(f"adaptation needs torch ({exc.name} missing): pip install 'osnet_edge[export]'") from None
+    from osnet_edge.adapt.engine import default_cache_dir
+
+    if not os.path.isfile(args.weights):
+        raise CliError(f"--weights {args.weights}: no such file")
+    if not args.data and args.adaptation_set is None:
+        raise CliError("give --data DIR... or --adaptation-set")
+    if args.init is not None and not os.path.isfile(args.init):
+        raise CliError(f"--init {args.init}: no such file")
+    try:
+        from osnet_edge.adapt.device import resolve_device
+        device = resolve_device(args.device)
+    except ValueError as exc:
+        raise CliError(f"--device: {exc}") from None
+    d = AdaptConfig()
+    losses = args.losses or _spec(d.losses)  # auto; with --labels decided once the data is read
+    cfg = AdaptConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, schedule=args.schedule,
+                      warmup_epochs=args.warmup_epochs, losses=losses, temperature=args.temperature,
+                      kd_temperature=args.kd_temperature, head=args.head, bn=args.bn, view_sets=args.view_sets,
+                      freeze=tuple(args.freeze), teacher_res=args.teacher_res, seed=args.seed,
+                      budget_min=args.budget_min)
+    if cfg.uses_labels and not args.labels:
+        raise CliError(f"losses {losses} need identities: add --labels")
+
+    progress = not args.no_progress
+    data, root = _read_data(args, progress)
     print(f"adaptation data: {len(data)} crops" + (f", {data.num_ids} identities" if data.labels is not None else "")
           + f" (hash {data.data_hash[:12]})")
     if args.labels and args.losses is None:
@@ -220,12 +235,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.eval:
         from osnet_edge.data import EVAL_PROTOCOLS, default_protocols
 
-        names = default_protocols(root)
-        eval_images = sum(len(q) + len(g) for q, g in (EVAL_PROTOCOLS[n](root) for n in names))
-
-        def final_eval(model):
-            return evaluate(model, args.res, root)
-
+        eval_images = sum(len(q) + len(g) for q, g in (EVAL_PROTOCOLS[n](root) for n in default_protocols(root)))
+        final_eval = functools.partial(evaluate, res=args.res, root=root)
     cache_dir = None if args.no_cache else (args.cache_dir or default_cache_dir())
     t0 = time.perf_counter()
     result = adapt(args.weights, args.out, data, res=args.res, width=args.width, variant=args.variant,
