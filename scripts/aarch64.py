@@ -550,8 +550,11 @@ def _cmd_python(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python scripts/aarch64.py", description=__doc__.split("\n\n")[0],
-                                epilog=__doc__.split("\n\n", 1)[1], formatter_class=argparse.RawDescriptionHelpFormatter)
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # scripts/, for _cli (one-line errors, --debug)
+    from _cli import Parser
+
+    p = Parser(prog="python scripts/aarch64.py", description=__doc__.split("\n\n")[0],
+               epilog=__doc__.split("\n\n", 1)[1])
     sub = p.add_subparsers(dest="command", required=True)
     commands = {"build": ("build or reuse the rootfs, the wheel and the runtimes' site folders", _cmd_build),
                 "check": ("run bundles on the host and in the guest and compare the embeddings (exit 1 on a "
@@ -590,4 +593,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    from _cli import run
+
+    run(main)
