@@ -57,7 +57,7 @@ def build_parser() -> Parser:
     p.add_argument("--res", type=float, default=0.5)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--rounds", type=int, default=2)
-    p.add_argument("--json", default=None)
+    p.add_argument("--json", required=True, metavar="PATH", help="where the before/after table is written (JSON)")
     return p
 
 

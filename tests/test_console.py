@@ -26,7 +26,7 @@ REPO = Path(__file__).resolve().parents[1]
 # command -> its thin wrapper in scripts/
 SCRIPT_OF = {"export": "export.py", "profile": "profile.py", "evaluate": "evaluate.py", "report": "report.py",
              "adapt": "adapt.py", "build-engine": "build_engine.py", "int8-fidelity": "int8_fidelity.py",
-             "info": "info.py"}
+             "info": "info.py", "tune": "tune.py", "setup": "setup.py", "track": "track.py"}
 
 
 def console() -> list[str]:
