@@ -14,6 +14,7 @@ preprocessing is compared bit for bit.
 """
 from __future__ import annotations
 
+import argparse
 import contextlib
 import importlib.util
 import io
@@ -141,9 +142,7 @@ def check_bundle(bundle: Path, crops: list) -> tuple[dict, np.ndarray, np.ndarra
 
 
 def main(argv: list | None = None) -> int:
-    from osnet_edge.cli.common import Parser  # the installed wheel's (guest) or the checkout's (host)
-
-    p = Parser(prog="aarch64_check.py", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("bundles", nargs="+", type=Path, help="bundle folders")
     p.add_argument("--crops", type=Path, required=True, help=".npz of HxWx3 uint8 BGR crops (sorted by key)")
     p.add_argument("--out", type=Path, required=True, help="output folder")
@@ -166,6 +165,4 @@ def main(argv: list | None = None) -> int:
 
 
 if __name__ == "__main__":
-    from osnet_edge.cli.common import run
-
-    run(main)
+    sys.exit(main())

@@ -26,7 +26,10 @@ REPO = Path(__file__).resolve().parents[1]
 SCRIPTS = REPO / "scripts"
 # the product's scripts (DESIGN.md) plus whatever else is in scripts/
 EXPECTED_SCRIPTS = ["export.py", "profile.py", "evaluate.py", "report.py", "build_engine.py", "soak.py"]
-ALL_SCRIPTS = sorted(set(EXPECTED_SCRIPTS) | {p.name for p in SCRIPTS.glob("*.py") if not p.name.startswith("_")})
+# aarch64_check.py is not a user command: scripts/aarch64.py runs it inside the emulated guest, with only the wheel
+GUEST_PROGRAMS = {"aarch64_check.py"}
+ALL_SCRIPTS = sorted(set(EXPECTED_SCRIPTS) | {p.name for p in SCRIPTS.glob("*.py")
+                                              if not p.name.startswith("_") and p.name not in GUEST_PROGRAMS})
 
 
 # --------------------------------------------------------------------------- helpers
