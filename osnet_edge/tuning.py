@@ -24,6 +24,7 @@ from typing import Any, Callable
 import numpy as np
 
 from .bundle import Bundle, BundleError, load_bundle
+from .machine import _cpuinfo
 
 TUNING_SUBDIR = "tuning"
 TUNING_CACHE_ENV = "OSNET_EDGE_TUNING_CACHE"
@@ -34,23 +35,6 @@ DEFAULT_FIDELITY_TARGET = {"cosine_mean": 0.998, "cosine_p1": 0.995}
 # Runtime -> the distribution whose version keys the record.
 RUNTIME_PACKAGES = {"onnxruntime": "onnxruntime", "openvino": "openvino", "litert": "ai-edge-litert",
                     "tensorrt": "tensorrt", "rknn": "rknn-toolkit-lite2", "rknn-sim": "rknn-toolkit2"}
-
-
-def _cpu() -> tuple[str, list[str]]:
-    """CPU model and its full flag list (every flag: a kernel choice may hinge on any of them)."""
-    model, flags = "", []
-    try:
-        with open("/proc/cpuinfo", errors="replace") as f:
-            for line in f:
-                key, _, value = line.partition(":")
-                key = key.strip().lower()
-                if key in ("model name", "hardware", "cpu model") and not model:
-                    model = value.strip()
-                elif key in ("flags", "features") and not flags:
-                    flags = sorted(set(value.split()))
-    except OSError:
-        pass
-    return model or platform.processor() or platform.machine(), flags
 
 
 def runtime_version(runtime: str) -> str:
@@ -64,8 +48,8 @@ def runtime_version(runtime: str) -> str:
 
 def machine_key(runtime: str, threads: int | None) -> tuple[str, dict]:
     """(short key, what it hashes): the facts a variant's speed depends on."""
-    model, flags = _cpu()
-    facts = {"cpu": model, "cpu_flags": flags, "arch": platform.machine(), "runtime": runtime,
+    model, flags = _cpuinfo()  # every flag, not machine's summary subset: a kernel choice may hinge on any
+    facts = {"cpu": model, "cpu_flags": sorted(flags), "arch": platform.machine(), "runtime": runtime,
              "runtime_version": runtime_version(runtime), "threads": threads}
     digest = hashlib.sha256(json.dumps(facts, sort_keys=True).encode()).hexdigest()[:16]
     return f"{runtime}-{digest}", facts
