@@ -291,6 +291,11 @@ def distill_to_onnx(torch_model, calibration_set, fp32_onnx: str | os.PathLike, 
 
     from osnet_edge.bundle import sha256_file
 
+    if "device" in kw:  # the key names the device that trains: CUDA and CPU students differ in the last bits
+        from osnet_edge.adapt.device import resolve_device
+        kw["device"] = resolve_device(kw["device"])
+        if kw["device"] == "cpu":
+            del kw["device"]  # the key of every CPU student cached before the option existed
     proto = onnx.load(str(fp32_onnx), load_external_data=False)
     fused = proto.graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.UINT8
     opset = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), 18)

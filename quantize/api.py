@@ -78,13 +78,13 @@ def _checked(onnx_path, calibration_set, mod, backend: str, method: str | None, 
 
 
 def _distilled_source(mod, torch_model, calibration_set, onnx_path: Path, tmp: Path, method: str, steps, seed,
-                      progress: bool, backend_options: dict) -> tuple[Path, dict]:
+                      progress: bool, backend_options: dict, device: str = "cpu") -> tuple[Path, dict]:
     """Quantization-aware distillation simulating this backend's INT8 scheme; the student's ONNX."""
     from ._distill import distill_to_onnx
 
     return distill_to_onnx(
         torch_model, calibration_set, onnx_path, tmp / "distilled.onnx", scheme=mod.ACTIVATION_SCHEME,
-        steps=steps, seed=seed, progress=progress, placement=backend_options.get("placement", "conv"),
+        steps=steps, seed=seed, progress=progress, device=device, placement=backend_options.get("placement", "conv"),
         range_method="mse" if method == "mse" else "minmax",
         shift_nonnegative=bool(getattr(mod, "SHIFTS_NONNEGATIVE", False)
                                and backend_options.get("shift_nonnegative", True)),
@@ -109,8 +109,8 @@ def quantize(onnx_path: str | os.PathLike, calibration_set, backend: str, out_di
              min_cosine: float | None = None, min_cosine_p1: float | None = None, max_kept_fp32: float = 0.25,
              fidelity_set=None, fidelity_images: int = DEFAULT_FIDELITY_IMAGES,
              distill: bool | str = "auto", torch_model=None, distill_steps: int | None = None,
-             distill_seed: int = 0, measure_latency: bool = True, progress: bool = True,
-             **backend_options: Any) -> QuantizationResult:
+             distill_seed: int = 0, distill_device: str = "cpu", measure_latency: bool = True,
+             progress: bool = True, **backend_options: Any) -> QuantizationResult:
     """Quantize ``onnx_path`` (fp32) to INT8 for ``backend`` and write its model files to ``out_dir``.
 
     ``method``: onnxruntime/tensorrt ``minmax`` | ``entropy`` | ``percentile``; openvino NNCF preset
@@ -119,13 +119,15 @@ def quantize(onnx_path: str | os.PathLike, calibration_set, backend: str, out_di
     sensitive layers in fp32 until the held-out cosine mean (and 1st percentile) reach them, at most
     ``max_kept_fp32`` of the quantizable layers. ``distill``: True / False / "auto" (= when
     ``torch_model``, the FP32 torch network the ONNX came from, is given): quantization-aware
-    distillation before PTQ. ``fidelity_set``: a CalibrationSet (or model-input array) to measure on;
+    distillation before PTQ; ``distill_device``: where it trains (cpu, cuda[:N], auto; float32 either way).
+    ``fidelity_set``: a CalibrationSet (or model-input array) to measure on;
     default ``calibration_set.holdout(fidelity_images)``.
     """
     common = dict(method=method, per_channel=per_channel, exclude=exclude, min_cosine=min_cosine,
                   min_cosine_p1=min_cosine_p1, max_kept_fp32=max_kept_fp32, fidelity_set=fidelity_set,
                   fidelity_images=fidelity_images, distill=distill, torch_model=torch_model,
-                  distill_steps=distill_steps, distill_seed=distill_seed, progress=progress)
+                  distill_steps=distill_steps, distill_seed=distill_seed, distill_device=distill_device,
+                  progress=progress)
     if backend_options.get("placement") == "auto":
         return placement_search(onnx_path, calibration_set, backend, out_dir, **common,
                                 **{k: v for k, v in backend_options.items() if k != "placement"})
@@ -145,7 +147,8 @@ def quantize(onnx_path: str | os.PathLike, calibration_set, backend: str, out_di
         source_onnx, distill_info = onnx_path, None
         if use_distill:
             source_onnx, distill_info = _distilled_source(mod, torch_model, calibration_set, onnx_path, tmp, method,
-                                                          distill_steps, distill_seed, progress, backend_options)
+                                                          distill_steps, distill_seed, progress, backend_options,
+                                                          device=distill_device)
 
         def attempt(excluded: Sequence[str], tag: str) -> tuple[Path, dict, np.ndarray]:
             work = tmp / tag

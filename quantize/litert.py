@@ -136,7 +136,8 @@ def int8_runner(model_dir: Path, threads: int | None = None) -> Callable[[np.nda
 
 def quantize_from_torch(model, calibration_set, out_dir: str | Path, input_hw: tuple[int, int],
                         fuse_preprocess: bool = False, distill: bool = True, distill_steps: int | None = None,
-                        distill_seed: int = 0, fidelity_set=None, fidelity_images: int | None = None,
+                        distill_seed: int = 0, distill_device: str = "cpu", fidelity_set=None,
+                        fidelity_images: int | None = None,
                         measure_latency: bool = True, progress: bool = True, method: str | None = None,
                         **unsupported: Any):
     """torch model -> INT8 model.tflite in ``out_dir``, with the same fidelity report as the ONNX
@@ -173,7 +174,7 @@ def quantize_from_torch(model, calibration_set, out_dir: str | Path, input_hw: t
 
             student, distill_info = distill_on_training_threads(
                 model, calibration_set.float32(), ACTIVATION_SCHEME, steps=distill_steps, seed=distill_seed,
-                progress=progress, placement=PLACEMENT, fixed_sigmoid_grid=True)
+                progress=progress, placement=PLACEMENT, fixed_sigmoid_grid=True, device=distill_device)
             source = tmp / "distilled.tflite"
             to_tflite(student, source, input_hw, fuse_preprocess=fuse_preprocess, for_int8=True)
         work = tmp / "q0"

@@ -230,3 +230,29 @@ def test_litert_load_prints_nothing(tmp_path):
     assert res.returncode == 0, res.stderr
     assert "XNNPACK" not in res.stderr and "INFO" not in res.stderr
     assert "stderr still works" in res.stderr
+
+
+@pytest.mark.parametrize("flags, named", [(["--device", "tpu"], "--device"), (["--distill-steps", "-1"], "--distill-steps")])
+def test_export_refuses_bad_qad_flags_before_any_work(flags, named):
+    """--device / --distill-steps reach quantization-aware distillation; bad values stop at the flags."""
+    from osnet_edge.cli.export import main
+
+    with pytest.raises(CliError, match=re.escape(named)):
+        main(["--width", "0.25", "--res", "0.5", "--out", "/nonexistent/never_written", *flags])
+
+
+def test_export_passes_qad_flags_to_the_quantizer(x025_checkpoint, shared_data, tmp_path):
+    """A real INT8 export (x0.25 Market weights, 64x32, 12 train crops): --device and --distill-steps
+    are what the bundle's distillation record says ran."""
+    from osnet_edge.cli.export import main
+
+    calib = tmp_path / "crops"
+    calib.mkdir()
+    for f in sorted((shared_data / "market1501" / "bounding_box_train").glob("*.jpg"))[:12]:
+        shutil.copy(f, calib / f.name)
+    out = tmp_path / "b"
+    assert main(["--width", "0.25", "--res", "0.25", "--weights", str(x025_checkpoint), "--precision", "int8",
+                 "--calib", str(calib), "--calib-size", "12", "--device", "cpu", "--distill-steps", "2",
+                 "--no-verify", "--out", str(out)]) == 0
+    distillation = json.loads((out / "manifest.json").read_text())["quantization"]["distillation"]
+    assert distillation["device"] == "cpu" and distillation["steps"] == 2

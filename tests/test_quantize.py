@@ -111,10 +111,10 @@ def test_distillation_runs_and_is_reported(small_model, fp32_onnx, calib, tmp_pa
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         res = quantize(fp32_onnx, calib, "tensorrt", tmp_path / "d", torch_model=small_model, distill_steps=3,
-                       fidelity_set=_holdout(calib), measure_latency=False, progress=False)
+                       distill_device="cpu", fidelity_set=_holdout(calib), measure_latency=False, progress=False)
     assert res.method == "minmax+qad"
     d = res.report["distillation"]
-    assert d["steps"] == 3 and d["scheme"] == "int8 symmetric"
+    assert d["steps"] == 3 and d["scheme"] == "int8 symmetric" and d["device"] == "cpu"
     assert res.report["fidelity"]["cosine_mean"] > 0.9
 
 

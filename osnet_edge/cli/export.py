@@ -67,6 +67,12 @@ def build_parser() -> Parser:
                         "all = every op the quantizer knows, auto = quantize with each, time each against FP32 on "
                         "this machine and keep the fastest that meets the fidelity target (cosine mean 0.998 / "
                         "p1 0.995, or --min-cosine); the table goes into the manifest. auto quantizes twice")
+    p.add_argument("--distill-steps", type=int, default=None, metavar="N",
+                   help="INT8 with --weights: steps of quantization-aware distillation before PTQ (default "
+                        "150; 0 = plain PTQ)")
+    p.add_argument("--device", default="auto", metavar="DEV",
+                   help="where quantization-aware distillation trains: auto (CUDA when torch sees a GPU), cpu, "
+                        "cuda or cuda:N (default auto; float32 simulation on either)")
     p.add_argument("--min-cosine", type=float, default=None, metavar="X",
                    help="INT8: keep the most sensitive layers in fp32 until mean cosine vs fp32 >= X")
     p.add_argument("--out", metavar="DIR", help="bundle directory (default bundles/<variant>_x<w>_r<res>_<target>_<precision>, "
@@ -135,6 +141,13 @@ def _check_flags(args: argparse.Namespace) -> str:
     if args.int8_placement is not None and (args.precision != "int8" or args.target not in ("onnxruntime", "openvino")):
         raise CliError("--int8-placement applies to --precision int8 on --target onnxruntime or openvino")
     check_rknn_flags(args)
+    if args.distill_steps is not None and args.distill_steps < 0:
+        raise CliError(f"--distill-steps must be >= 0, got {args.distill_steps}")
+    try:
+        from osnet_edge.adapt.device import resolve_device
+        args.device = resolve_device(args.device)
+    except (TypeError, ValueError) as exc:
+        raise CliError(f"--device: {exc}") from None
     if args.weights and not os.path.isfile(args.weights):
         raise CliError(f"--weights {args.weights}: no such file")
     if args.calib and not os.path.isdir(args.calib):
@@ -217,6 +230,10 @@ def export(args: argparse.Namespace) -> int:
         quant["min_cosine"] = args.min_cosine
     if args.int8_placement is not None:
         quant["placement"] = args.int8_placement
+    if "int8" in (args.precision, *args.variants):
+        quant["distill_device"] = args.device
+        if args.distill_steps is not None:
+            quant["distill_steps"] = args.distill_steps
     bundle = export_bundle(out, width=args.width, res=args.res, variant=args.variant, target=args.target,
                            precision=args.precision, variants=args.variants, weights=args.weights,
                            fuse_preprocess=args.fuse_preprocess,

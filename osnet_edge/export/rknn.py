@@ -41,6 +41,7 @@ def export_rknn(model: nn.Module, folder: Path, hw: tuple[int, int], precision: 
     distill = options.pop("distill", "auto")
     use_distill = precision == "int8" and (distill is True or (distill == "auto" and trained))
     steps = options.pop("distill_steps", None)
+    distill_device = options.pop("distill_device", "cpu")
     with tempfile.TemporaryDirectory(prefix="osnet_edge_rknn_export_") as tmp:
         reference = Path(tmp) / "fp32.onnx"
         distill_info = None
@@ -50,7 +51,7 @@ def export_rknn(model: nn.Module, folder: Path, hw: tuple[int, int], precision: 
             step(f"quantization-aware distillation on {calibration.num_images} crops (RKNN's int8 affine scheme)")
             reference.write_bytes(onnx_path.read_bytes())
             _, distill_info = distill_to_onnx(model, calibration, reference, onnx_path, scheme="uint8 asymmetric",
-                                              steps=steps, progress=False, placement="all")
+                                              steps=steps, progress=False, placement="all", device=distill_device)
         source = "calibration" if precision == "int8" else "held-out fidelity"
         step(f"rknn-toolkit2: {platform} {precision} ({calibration.num_images} crops for {source}; the simulator "
              "measures fidelity)")
