@@ -28,7 +28,7 @@ REPO = Path(__file__).resolve().parent.parent
 RESULTS_JSON = Path("docs/results/results.json")
 TABLES_MD = Path("docs/results/tables.md")
 # Files whose marker blocks this script rewrites (relative to the repository root).
-INCLUDING_FILES = ("README.md", "docs/benchmark.md", "docs/int8.md")
+INCLUDING_FILES = ("README.md", "docs/benchmark.md", "docs/int8.md", "docs/adaptation.md")
 CONFIGS = (("onnxruntime", "fp32"), ("onnxruntime", "int8"), ("openvino", "fp32"), ("openvino", "int8"),
            ("litert", "fp32"), ("litert", "int8"))
 RUNTIME_NAMES = {"onnxruntime": "ONNX Runtime", "openvino": "OpenVINO", "litert": "LiteRT"}
@@ -55,6 +55,10 @@ def build_parser() -> Parser:
                    "weights/torchreid/osnet_x0_25_market1501.pth)")
     p.add_argument("--adapted", default=None, metavar="CKPT", help="an x0.25 checkpoint adapted to res 0.5 "
                    "(osnet-edge adapt): adds its 128x64 rows")
+    p.add_argument("--adaptation", nargs="+", default=None, metavar="FILE",
+                   help="no bundle measuring: put these runs into the JSON's Table 6 section and re-render. FILE = "
+                        "a JSON-lines result of scripts/adapt_experiment.py --json (one adapted resolution per line) "
+                        "or an osnet-edge int8-fidelity --json of an adapted checkpoint")
     p.add_argument("--work", default="runs/results", help="bundles, logs and raw outputs (default runs/results)")
     p.add_argument("--reuse-bundles", action="store_true", help="keep bundles already under --work (resume a run)")
     p.add_argument("--jobs", type=int, default=1, help="bundles exported and evaluated at a time (default 1; "
@@ -250,6 +254,95 @@ def measure(args) -> dict:
     return result
 
 
+# ============================================================================ Table 6 (adaptation)
+
+def read_adaptation(files: list[str]) -> dict:
+    """The ``adaptation`` section from adapt_experiment.py JSON lines and int8-fidelity JSON files, as
+    measured (no number is computed here beyond minutes and the gap to the paper)."""
+    from osnet_edge.bundle import sha256_file
+    from osnet_edge.models import input_size
+
+    runs, int8 = [], []
+    for name in files:
+        path = Path(name)
+        if not path.is_file():
+            raise CliError(f"--adaptation {name}: no such file")
+        text = path.read_text(encoding="utf-8")
+        try:
+            doc = json.loads(text)
+        except json.JSONDecodeError:  # several JSON lines: adapt_experiment.py runs
+            doc = None
+        if isinstance(doc, dict) and "rows" in doc:  # one int8-fidelity document
+            for row in doc["rows"]:
+                if row.get("protocol") != "market1501":
+                    continue
+                int8.append({"weights": Path(doc["weights"]).name, "cpu_flags": doc.get("cpu_flags"),
+                             **{k: row.get(k) for k in ("backend", "res", "input", "cosine_mean", "cosine_p1",
+                                                        "fp32_rank1", "fp32_mAP", "int8_rank1", "int8_mAP",
+                                                        "cross_rank1", "cross_mAP", "max_drop", "meets_targets",
+                                                        "distill_steps", "export_s", "targets")}})
+            continue
+        for line in text.splitlines():
+            if not line.strip():
+                continue
+            run = json.loads(line)
+            if "adapted" not in run or "market1501" not in run["adapted"]:
+                raise CliError(f"--adaptation {name}: not an adapt_experiment.py Market-1501 result line")
+            m, ckpt = run["adapted"]["market1501"], Path(run["checkpoint"])
+            h, w = input_size(run["res"])
+            init = next((run["argv"][i + 1] for i, a in enumerate(run["argv"][:-1]) if a == "--init"), None)
+            runs.append({"res": run["res"], "input": [h, w], "rank1": m["rank1"], "mAP": m["mAP"],
+                         "rank5": m.get("rank5"), "rank10": m.get("rank10"), "metric": m.get("metric", "cosine"),
+                         "wall_min": round(run["wall_s"] / 60, 1), "cpu_min": round(run["cpu_s"] / 60, 1),
+                         "threads": run["threads"], "epochs": run.get("epochs_planned", run["epochs"]),
+                         "steps": run["steps"],
+                         "teacher_s": run.get("teacher_seconds"), "init": Path(init).name if init else None,
+                         "load_average": [run["loadavg_start"][0], run["loadavg_end"][0]],
+                         "cpu": (run.get("machine") or {}).get("cpu"),
+                         "cpu_flags": (run.get("machine") or {}).get("flags"),
+                         "checkpoint": {"file": ckpt.name, "sha256": sha256_file(ckpt) if ckpt.is_file() else None},
+                         "command": "python scripts/adapt_experiment.py " + " ".join(run["argv"])})
+    return {"runs": sorted(runs, key=lambda r: -r["res"]), "int8": int8}
+
+
+def render_table6(r: dict) -> str:
+    """x0.25 column of the paper's Table 6 against one checkpoint: the trained 256x128 (the bundles above) and
+    its adaptations, each with its time and INT8 drops."""
+    section = r.get("adaptation") or {"runs": [], "int8": []}
+    paper = r["paper"]["rows"]
+    lines = ["| input | paper Table 6 (trained at that size) | osnet_edge (one checkpoint) | gap | how, time | "
+             "INT8 worst drop, points (ONNX Runtime / OpenVINO) |", "|---|---|---|---|---|---|"]
+    base = next((b for b in r["models"][0]["bundles"] if (b["runtime"], b["precision"]) == ("onnxruntime", "fp32")),
+                None)
+    rows = []
+    if base is not None and r["models"][0]["res"] == 1.0:
+        rows.append((1.0, base["input_size"], base["market1501"], "the torchreid checkpoint itself (INT8: the "
+                     "bundle table above)"))
+    for entry in section["runs"]:
+        how = (f"adapted{' from ' + entry['init'] if entry['init'] else ''}: {entry['steps']:,} steps "
+               f"({entry['epochs']:.1f} epochs), {entry['wall_min']:g} min wall, {entry['cpu_min']:g} CPU-min, "
+               f"{entry['threads']} thread{'s' if entry['threads'] > 1 else ''}, load {entry['load_average'][0]:.1f}"
+               f"→{entry['load_average'][1]:.1f}")
+        rows.append((entry["res"], entry["input"], entry, how))
+    for res, (h, w), m, how in rows:
+        ref = paper.get(f"0.25@{res:g}")
+        gap = f"{m['rank1'] - ref['rank1']:+.1f} / {m['mAP'] - ref['mAP']:+.1f}" if ref else "—"
+        drops = {q["backend"]: q for q in section["int8"] if q["res"] == res}
+        cell = " / ".join(f"{drops[b]['max_drop']:.2f}{'' if drops[b]['meets_targets'] else ' (miss)'}"
+                          if b in drops else "—" for b in ("onnxruntime", "openvino"))
+        lines.append(f"| {h}×{w} | {_pair(ref) if ref else '—'} | {m['rank1']:.2f} / {m['mAP']:.2f} | {gap} | {how} | "
+                     f"{cell} |")
+    lines += ["", "Market-1501, all 3,368 queries, cosine distance, rank-1 / mAP in %. Adaptation trains on "
+              "bounding_box_train only (the 751 training identities), distilling from the same checkpoint at "
+              "256×128; INT8 = `osnet-edge int8-fidelity` (QAD + PTQ, calibrated on bounding_box_train), worst of "
+              "rank-1 / mAP over INT8-vs-INT8 and INT8 queries vs FP32 gallery; target 0.3."]
+    if section["runs"]:
+        machines = sorted({f"{e['cpu']} (flags {' '.join(e['cpu_flags'] or [])})" for e in section["runs"]})
+        lines += [f"Adaptation machine: {'; '.join(machines)}, no GPU; the 256×128 row is the bundle run above. "
+                  "Commands:", "```", *[e["command"] for e in section["runs"]], "```"]
+    return "\n".join(lines) + "\n"
+
+
 # ============================================================================ rendering
 
 def _pair(m: dict) -> str:
@@ -348,7 +441,7 @@ def render_int8(r: dict) -> str:
     return "\n".join(lines + (["", tail] if tail else [])) + "\n"
 
 
-RENDERERS = {"readme": render_readme, "details": render_details, "int8": render_int8}
+RENDERERS = {"readme": render_readme, "details": render_details, "int8": render_int8, "table6": render_table6}
 
 
 def render_all(r: dict) -> dict[str, str]:
@@ -399,7 +492,17 @@ def render_files(root: Path, results: dict) -> list[Path]:
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     json_path = REPO / args.json if not os.path.isabs(args.json) else Path(args.json)
-    if args.render_only:
+    if args.adaptation:
+        if not json_path.is_file():
+            raise CliError(f"{json_path}: --adaptation adds to an existing results file (run without it first)")
+        results = json.loads(json_path.read_text(encoding="utf-8"))
+        results["adaptation"] = read_adaptation(args.adaptation)
+        tmp = json_path.with_name(f".{json_path.name}.tmp")
+        tmp.write_text(json.dumps(results, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
+        os.replace(tmp, json_path)
+        print(f"wrote {json_path} (adaptation: {len(results['adaptation']['runs'])} runs, "
+              f"{len(results['adaptation']['int8'])} INT8 rows)")
+    elif args.render_only:
         if not json_path.is_file():
             raise CliError(f"{json_path}: no results file to render (run without --render-only first)")
         results = json.loads(json_path.read_text(encoding="utf-8"))

@@ -9,7 +9,6 @@ import copy
 import json
 import re
 import shutil
-from pathlib import Path
 
 import pytest
 
@@ -18,7 +17,8 @@ from .conftest import REPO, load_script
 results = load_script("results.py", "script_results")
 RESULTS = json.loads((REPO / results.RESULTS_JSON).read_text(encoding="utf-8"))
 # Which block each including file must carry (a file that drops its markers would silently stop updating).
-REQUIRED_BLOCKS = {"README.md": {"readme"}, "docs/benchmark.md": {"details"}, "docs/int8.md": {"int8"}}
+REQUIRED_BLOCKS = {"README.md": {"readme", "table6"}, "docs/benchmark.md": {"details"}, "docs/int8.md": {"int8"},
+                   "docs/adaptation.md": {"table6"}}
 
 
 def block_names(text: str) -> set[str]:
@@ -101,3 +101,35 @@ def test_bad_inputs_are_refused():
 def test_readme_stays_short():
     lines = (REPO / "README.md").read_text(encoding="utf-8").splitlines()
     assert len(lines) <= 260, f"README.md has {len(lines)} lines; move detail to a docs/ page"
+
+
+def _adapt_line(res: float, rank1: float, mAP: float, init=None) -> dict:
+    """One line as scripts/adapt_experiment.py --json writes it (the fields the Table 6 section reads)."""
+    argv = ["--res", str(res), "--budget-min", "58", "--threads", "1"] + (["--init", init] if init else [])
+    return {"argv": argv, "res": res, "adapted": {"market1501": {"rank1": rank1, "mAP": mAP, "rank5": 95.0,
+                                                                   "rank10": 97.0, "metric": "cosine"}},
+            "checkpoint": "/nonexistent/x.pth", "wall_s": 3480.0, "cpu_s": 3300.0, "threads": 1, "epochs": 21.5,
+            "steps": 4300, "teacher_seconds": 120.0, "loadavg_start": [2.0, 2.0, 2.0], "loadavg_end": [2.1, 2.0, 2.0],
+            "machine": {"cpu": "Some CPU", "flags": ["avx2"]}}
+
+
+def test_adaptation_runs_render_against_the_paper(tmp_path):
+    runs = tmp_path / "runs.jsonl"
+    runs.write_text("\n".join(json.dumps(x) for x in (_adapt_line(0.5, 89.01, 72.34),
+                                                      _adapt_line(0.25, 78.0, 55.5, init="/r/x025_r05.pth"))) + "\n")
+    int8 = tmp_path / "int8.json"
+    int8.write_text(json.dumps({"weights": "/r/x025_r05.pth", "cpu_flags": ["avx2"], "rows": [
+        {"backend": "onnxruntime", "res": 0.5, "protocol": "market1501", "max_drop": 0.12, "meets_targets": True},
+        {"backend": "openvino", "res": 0.5, "protocol": "market1501", "max_drop": 0.41, "meets_targets": False}]}))
+    section = results.read_adaptation([str(runs), str(int8)])
+    assert [r["res"] for r in section["runs"]] == [0.5, 0.25] and section["runs"][1]["init"] == "x025_r05.pth"
+    body = results.render_table6({**RESULTS, "adaptation": section})
+    row = next(line for line in body.splitlines() if line.startswith("| 128×64"))
+    paper = RESULTS["paper"]["rows"]["0.25@0.5"]
+    assert f"89.01 / 72.34 | {89.01 - paper['rank1']:+.1f} / {72.34 - paper['mAP']:+.1f}" in row
+    assert "0.12 / 0.41 (miss)" in row and "58 min wall" in row and "4,300 steps" in row
+    assert "from x025_r05.pth" in next(line for line in body.splitlines() if line.startswith("| 64×32"))
+    with pytest.raises(results.CliError, match="not an adapt_experiment"):
+        bad = tmp_path / "bad.jsonl"
+        bad.write_text('{"a": 1}\n{"b": 2}\n')
+        results.read_adaptation([str(bad)])

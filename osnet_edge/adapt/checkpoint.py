@@ -38,21 +38,13 @@ SPEED_FLAGS = ("avx2", "fma", "avx512f", "avx512bw", "avx512vl", "avx512_vnni", 
 
 def machine_info() -> dict:
     """The CPU (model, cores, speed-relevant flags): timings in a record mean little without it."""
-    model, flags = "", set()
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                key, _, value = line.partition(":")
-                if key.strip() == "model name" and not model:
-                    model = value.strip()
-                elif key.strip() == "flags" and not flags:
-                    flags = set(value.split())
-    except OSError:
-        pass
     import platform
 
-    return {"cpu": model or platform.processor(), "cores": os.cpu_count(),
-            "flags": [f for f in SPEED_FLAGS if f in flags], "machine": platform.machine()}
+    from ..machine import _cpuinfo
+
+    model, flags = _cpuinfo()
+    return {"cpu": model, "cores": os.cpu_count(), "flags": [f for f in SPEED_FLAGS if f in flags],
+            "machine": platform.machine()}
 
 
 def json_check(record: Mapping) -> dict:

@@ -180,6 +180,7 @@ def compare(es, ref, feats, backend, width, res, hw, bundle, qrep, export_s) -> 
            "cross_rank1": round(cross["rank1"], 2), "cross_mAP": round(cross["mAP"], 2),
            "method": bundle.manifest["calibration"]["method"],
            "kept_fp32": len(qrep.get("kept_fp32") or []),
+           "distill_steps": (qrep.get("distillation") or {}).get("steps"),
            "holdout_cosine_mean": round(qrep["fidelity"]["cosine_mean"], 5),
            "holdout_cosine_p1": round(qrep["fidelity"]["cosine_p1"], 5),
            "latency": qrep.get("latency"), "export_s": round(export_s, 1), "targets": target}
