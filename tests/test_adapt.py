@@ -604,12 +604,3 @@ def test_quantization_aware_distillation_runs_on_cuda():
     assert info["device"].startswith("cuda") and next(student.parameters()).device.type == "cpu"
     assert next(model.parameters()).device.type == "cpu"   # the caller's model is left where it was
 
-
-def test_default_distillation_steps_spend_the_same_compute_at_every_resolution():
-    from osnet_edge.quantize._distill import default_steps
-
-    assert default_steps((256, 128)) == 150 and default_steps((128, 64)) == 600
-    assert default_steps((192, 96)) == 267 and default_steps((64, 32)) == 600  # capped
-    assert default_steps((384, 192)) == 150                                    # never fewer than at 256x128
-    with pytest.raises(ValueError, match="positive"):
-        default_steps((0, 64))

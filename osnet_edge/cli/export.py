@@ -68,8 +68,8 @@ def build_parser() -> Parser:
                         "this machine and keep the fastest that meets the fidelity target (cosine mean 0.998 / "
                         "p1 0.995, or --min-cosine); the table goes into the manifest. auto quantizes twice")
     p.add_argument("--distill-steps", type=int, default=None, metavar="N",
-                   help="INT8 with --weights: steps of quantization-aware distillation before PTQ (default: 150 at "
-                        "256x128, scaled by pixels so each resolution costs the same, at most 600; 0 = plain PTQ)")
+                   help="INT8 with --weights: steps of quantization-aware distillation before PTQ (default 150: "
+                        "measured as good as 400-600; 0 = plain PTQ)")
     p.add_argument("--device", default="auto", metavar="DEV",
                    help="where quantization-aware distillation trains: auto (CUDA when torch sees a GPU), cpu, "
                         "cuda or cuda:N (default auto; float32 simulation on either)")
