@@ -262,7 +262,7 @@ def read_adaptation(files: list[str]) -> dict:
     from osnet_edge.bundle import sha256_file
     from osnet_edge.models import input_size
 
-    runs, int8 = [], []
+    runs, int8, curve = [], [], []
     for name in files:
         path = Path(name)
         if not path.is_file():
@@ -272,6 +272,15 @@ def read_adaptation(files: list[str]) -> dict:
             doc = json.loads(text)
         except json.JSONDecodeError:  # several JSON lines: adapt_experiment.py runs
             doc = None
+        if isinstance(doc, dict) and "results" in doc and "model" in doc:  # osnet-edge evaluate of a snapshot
+            epoch, size = re.search(r"epoch_(\d+)", path.name), re.search(r"@ (\d+)x(\d+)", doc["model"])
+            if not (epoch and size):
+                raise CliError(f"--adaptation {name}: an evaluate result needs epoch_NN in its file name and a "
+                               "torch model description (osnet-edge evaluate --weights SNAPSHOT --json ...epoch_NN.json)")
+            m = next(x for x in doc["results"] if x["data"] == "market1501")
+            curve.append({"input": [int(size[1]), int(size[2])], "epoch": int(epoch[1]), "rank1": m["rank1"],
+                          "mAP": m["mAP"]})
+            continue
         if isinstance(doc, dict) and "rows" in doc:  # one int8-fidelity document
             for row in doc["rows"]:
                 if row.get("protocol") != "market1501":
@@ -301,8 +310,15 @@ def read_adaptation(files: list[str]) -> dict:
                          "cpu": (run.get("machine") or {}).get("cpu"),
                          "cpu_flags": (run.get("machine") or {}).get("flags"),
                          "checkpoint": {"file": ckpt.name, "sha256": sha256_file(ckpt) if ckpt.is_file() else None},
+                         "epoch_seconds": run.get("epoch_seconds"),
                          "command": "python scripts/adapt_experiment.py " + " ".join(run["argv"])})
-    return {"runs": sorted(runs, key=lambda r: -r["res"]), "int8": int8}
+    for point in curve:  # minutes into the run at the end of that epoch (the epochs' own wall times)
+        run = next((r for r in runs if r["input"] == point["input"] and r["epoch_seconds"]), None)
+        if run is None:
+            raise CliError(f"--adaptation: a snapshot at {point['input']} without its run's result line")
+        point["minutes"] = round(sum(run["epoch_seconds"][:point["epoch"]]) / 60, 1)
+    return {"runs": sorted(runs, key=lambda r: -r["res"]), "int8": int8,
+            "curve": sorted(curve, key=lambda c: (-c["input"][0], c["epoch"]))}
 
 
 def render_table6(r: dict) -> str:
@@ -329,6 +345,7 @@ def render_table6(r: dict) -> str:
         gap = f"{m['rank1'] - ref['rank1']:+.1f} / {m['mAP'] - ref['mAP']:+.1f}" if ref else "—"
         drops = {q["backend"]: q for q in section["int8"] if q["res"] == res}
         cell = " / ".join(f"{drops[b]['max_drop']:.2f}{'' if drops[b]['meets_targets'] else ' (miss)'}"
+                          + (f" ({drops[b]['distill_steps']} QAD steps)" if drops[b].get("distill_steps") else "")
                           if b in drops else "—" for b in ("onnxruntime", "openvino"))
         lines.append(f"| {h}×{w} | {_pair(ref) if ref else '—'} | {m['rank1']:.2f} / {m['mAP']:.2f} | {gap} | {how} | "
                      f"{cell} |")
@@ -441,7 +458,21 @@ def render_int8(r: dict) -> str:
     return "\n".join(lines + (["", tail] if tail else [])) + "\n"
 
 
-RENDERERS = {"readme": render_readme, "details": render_details, "int8": render_int8, "table6": render_table6}
+def render_curve(r: dict) -> str:
+    """Rank-1 / mAP against training minutes, from the per-epoch snapshots of the adaptation runs."""
+    points = (r.get("adaptation") or {}).get("curve") or []
+    lines = ["| input | epoch | minutes of training | rank-1 / mAP |", "|---|---|---|---|"]
+    lines += [f"| {p['input'][0]}×{p['input'][1]} | {p['epoch']} | {p['minutes']:g} | {p['rank1']:.2f} / {p['mAP']:.2f} |"
+              for p in points]
+    final = {tuple(x["input"]): x for x in (r.get("adaptation") or {}).get("runs", [])}
+    lines += [f"| {h}×{w} | final ({x['epochs']:.1f}, BN recalibrated) | {x['wall_min']:g} (incl. evaluation) | "
+              f"{x['rank1']:.2f} / {x['mAP']:.2f} |" for (h, w), x in final.items()]
+    return "\n".join(lines + ["", "Snapshots: BN statistics as training left them (not recalibrated); minutes = the "
+                               "epochs' own wall time (the teacher's passes included, start-up and AdaBN not)."]) + "\n"
+
+
+RENDERERS = {"readme": render_readme, "details": render_details, "int8": render_int8, "table6": render_table6,
+             "curve": render_curve}
 
 
 def render_all(r: dict) -> dict[str, str]:

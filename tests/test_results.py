@@ -18,7 +18,7 @@ results = load_script("results.py", "script_results")
 RESULTS = json.loads((REPO / results.RESULTS_JSON).read_text(encoding="utf-8"))
 # Which block each including file must carry (a file that drops its markers would silently stop updating).
 REQUIRED_BLOCKS = {"README.md": {"readme", "table6"}, "docs/benchmark.md": {"details"}, "docs/int8.md": {"int8"},
-                   "docs/adaptation.md": {"table6"}}
+                   "docs/adaptation.md": {"table6", "curve"}}
 
 
 def block_names(text: str) -> set[str]:
@@ -109,7 +109,7 @@ def _adapt_line(res: float, rank1: float, mAP: float, init=None) -> dict:
     return {"argv": argv, "res": res, "adapted": {"market1501": {"rank1": rank1, "mAP": mAP, "rank5": 95.0,
                                                                    "rank10": 97.0, "metric": "cosine"}},
             "checkpoint": "/nonexistent/x.pth", "wall_s": 3480.0, "cpu_s": 3300.0, "threads": 1, "epochs": 21.5,
-            "steps": 4300, "teacher_seconds": 120.0, "loadavg_start": [2.0, 2.0, 2.0], "loadavg_end": [2.1, 2.0, 2.0],
+            "steps": 4300, "teacher_seconds": 120.0, "epoch_seconds": [100.0, 200.0, 300.0], "loadavg_start": [2.0, 2.0, 2.0], "loadavg_end": [2.1, 2.0, 2.0],
             "machine": {"cpu": "Some CPU", "flags": ["avx2"]}}
 
 
@@ -121,7 +121,12 @@ def test_adaptation_runs_render_against_the_paper(tmp_path):
     int8.write_text(json.dumps({"weights": "/r/x025_r05.pth", "cpu_flags": ["avx2"], "rows": [
         {"backend": "onnxruntime", "res": 0.5, "protocol": "market1501", "max_drop": 0.12, "meets_targets": True},
         {"backend": "openvino", "res": 0.5, "protocol": "market1501", "max_drop": 0.41, "meets_targets": False}]}))
-    section = results.read_adaptation([str(runs), str(int8)])
+    snapshot = tmp_path / "curve_r05_epoch_02.json"
+    snapshot.write_text(json.dumps({"model": "torch osnet x0.25 @ 128x64", "results": [
+        {"data": "market1501", "rank1": 80.5, "mAP": 60.25}]}))
+    section = results.read_adaptation([str(runs), str(int8), str(snapshot)])
+    assert section["curve"] == [{"input": [128, 64], "epoch": 2, "rank1": 80.5, "mAP": 60.25, "minutes": 5.0}]
+    assert "| 128×64 | 2 | 5 | 80.50 / 60.25 |" in results.render_curve({**RESULTS, "adaptation": section})
     assert [r["res"] for r in section["runs"]] == [0.5, 0.25] and section["runs"][1]["init"] == "x025_r05.pth"
     body = results.render_table6({**RESULTS, "adaptation": section})
     row = next(line for line in body.splitlines() if line.startswith("| 128×64"))
