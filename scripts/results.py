@@ -311,6 +311,7 @@ def read_adaptation(files: list[str]) -> dict:
                          "cpu_flags": (run.get("machine") or {}).get("flags"),
                          "checkpoint": {"file": ckpt.name, "sha256": sha256_file(ckpt) if ckpt.is_file() else None},
                          "epoch_seconds": run.get("epoch_seconds"),
+                         "bn_recalibrated": bool((run.get("recipe") or {}).get("recalibrate")),
                          "command": "python scripts/adapt_experiment.py " + " ".join(run["argv"])})
     for point in curve:  # minutes into the run at the end of that epoch (the epochs' own wall times)
         run = next((r for r in runs if r["input"] == point["input"] and r["epoch_seconds"]), None)
@@ -338,7 +339,7 @@ def render_table6(r: dict) -> str:
         how = (f"adapted{' from ' + entry['init'] if entry['init'] else ''}: {entry['steps']:,} steps "
                f"({entry['epochs']:.1f} epochs), {entry['wall_min']:g} min wall, {entry['cpu_min']:g} CPU-min, "
                f"{entry['threads']} thread{'s' if entry['threads'] > 1 else ''}, load {entry['load_average'][0]:.1f}"
-               f"→{entry['load_average'][1]:.1f}")
+               f"→{entry['load_average'][1]:.1f}" + (", precise BN at the end" if entry.get("bn_recalibrated") else ""))
         rows.append((entry["res"], entry["input"], entry, how))
     for res, (h, w), m, how in rows:
         ref = paper.get(f"0.25@{res:g}")
@@ -465,7 +466,8 @@ def render_curve(r: dict) -> str:
     lines += [f"| {p['input'][0]}×{p['input'][1]} | {p['epoch']} | {p['minutes']:g} | {p['rank1']:.2f} / {p['mAP']:.2f} |"
               for p in points]
     final = {tuple(x["input"]): x for x in (r.get("adaptation") or {}).get("runs", [])}
-    lines += [f"| {h}×{w} | final ({x['epochs']:.1f}, BN recalibrated) | {x['wall_min']:g} (incl. evaluation) | "
+    lines += [f"| {h}×{w} | final ({x['epochs']:.1f}{', BN recalibrated' if x.get('bn_recalibrated') else ''}) | "
+              f"{x['wall_min']:g} (incl. evaluation) | "
               f"{x['rank1']:.2f} / {x['mAP']:.2f} |" for (h, w), x in final.items()]
     return "\n".join(lines + ["", "Snapshots: BN statistics as training left them (not recalibrated); minutes = the "
                                "epochs' own wall time (the teacher's passes included, start-up and AdaBN not)."]) + "\n"

@@ -245,7 +245,7 @@ def test_seeded_runs_repeat_and_other_seeds_differ(finished_run, tmp_path, check
 
 def test_labels_path_runs_cross_entropy_and_triplet(tmp_path, checkpoint, crops_dir, teacher):
     labelled = AdaptationData.from_folders([crops_dir], labels=True)
-    cfg = small_config(epochs=2, losses="ce=1,triplet=1", lr=0.0015, bn="train")
+    cfg = small_config(epochs=2, losses="ce=1,triplet=1", lr=0.0015, bn="train", recalibrate=True)
     result = adapt(checkpoint, tmp_path / "ft.pth", labelled, res=RES, config=cfg, progress=False, threads=1)
     rec = result.record
     assert rec["labels"] and rec["num_ids"] == NUM_IDS and rec["teacher"] is None

@@ -30,7 +30,9 @@ def recalibrate_bn(model: nn.Module, images: Sequence[np.ndarray], hw: tuple[int
     AdaBN (Li et al., 2016) / "precise BN": the statistics a 256x128-trained network keeps
     are wrong at 128x64; a forward pass in train mode with a cumulative average (momentum
     None) over the clean adaptation crops fixes them without touching any weight. The
-    model (already on ``device``) is left in eval mode.
+    model (already on ``device``) is left in eval mode. Batches are drawn in a seeded random order: crops
+    listed by identity (Market-1501's file names) would give batches of 3-4 people whose variances, averaged,
+    underestimate the population's (measured: 0.47 rank-1 at 128x64).
     """
     if not images:
         raise ValueError("recalibrate_bn needs at least one image")
@@ -41,10 +43,11 @@ def recalibrate_bn(model: nn.Module, images: Sequence[np.ndarray], hw: tuple[int
         m.reset_running_stats()
         m.momentum = None
     model.train()
+    order = np.random.default_rng(0).permutation(len(images))
     starts = range(0, len(images), batch_size)
     starts = progress_bar(starts, enabled=progress, desc=f"BN statistics @ {hw[0]}x{hw[1]}", leave=False)
     for s in starts:
-        idx = list(range(s, min(s + batch_size, len(images))))
+        idx = [int(i) for i in order[s:s + batch_size]]
         if len(idx) < 2 and s > 0:  # a batch of one cannot give BatchNorm1d statistics
             continue
         model(_to_input(render_batch(images, views, idx, hw), device))
