@@ -119,15 +119,13 @@ def quantize(onnx_path: str | os.PathLike, calibration_set, backend: str, out_di
     sensitive layers in fp32 until the held-out cosine mean (and 1st percentile) reach them, at most
     ``max_kept_fp32`` of the quantizable layers. ``distill``: True / False / "auto" (= when
     ``torch_model``, the FP32 torch network the ONNX came from, is given): quantization-aware
-    distillation before PTQ; ``distill_device``: where it trains (cpu, cuda[:N], auto; float32 either way).
-    ``fidelity_set``: a CalibrationSet (or model-input array) to measure on;
-    default ``calibration_set.holdout(fidelity_images)``.
+    distillation before PTQ, trained on ``distill_device`` (cpu, cuda[:N], auto). ``fidelity_set``: a
+    CalibrationSet (or model-input array) to measure on; default ``calibration_set.holdout(fidelity_images)``.
     """
     common = dict(method=method, per_channel=per_channel, exclude=exclude, min_cosine=min_cosine,
                   min_cosine_p1=min_cosine_p1, max_kept_fp32=max_kept_fp32, fidelity_set=fidelity_set,
                   fidelity_images=fidelity_images, distill=distill, torch_model=torch_model,
-                  distill_steps=distill_steps, distill_seed=distill_seed, distill_device=distill_device,
-                  progress=progress)
+                  distill_steps=distill_steps, distill_seed=distill_seed, distill_device=distill_device, progress=progress)
     if backend_options.get("placement") == "auto":
         return placement_search(onnx_path, calibration_set, backend, out_dir, **common,
                                 **{k: v for k, v in backend_options.items() if k != "placement"})
