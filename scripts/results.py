@@ -289,7 +289,7 @@ def read_adaptation(files: list[str]) -> dict:
                              **{k: row.get(k) for k in ("backend", "res", "input", "cosine_mean", "cosine_p1",
                                                         "fp32_rank1", "fp32_mAP", "int8_rank1", "int8_mAP",
                                                         "cross_rank1", "cross_mAP", "max_drop", "meets_targets",
-                                                        "distill_steps", "export_s", "targets")}})
+                                                        "distill_steps", "kept_fp32", "export_s", "targets")}})
             continue
         for line in text.splitlines():
             if not line.strip():
@@ -322,6 +322,12 @@ def read_adaptation(files: list[str]) -> dict:
             "curve": sorted(curve, key=lambda c: (-c["input"][0], c["epoch"]))}
 
 
+def _int8_cell(q: dict) -> str:
+    how = [f"{q['distill_steps']} QAD steps"] if q.get("distill_steps") else []
+    how += [f"{q['kept_fp32']} layers fp32"] if q.get("kept_fp32") else []
+    return f"{q['max_drop']:.2f}{'' if q['meets_targets'] else ' (miss)'}" + (f" ({', '.join(how)})" if how else "")
+
+
 def render_table6(r: dict) -> str:
     """x0.25 column of the paper's Table 6 against one checkpoint: the trained 256x128 (the bundles above) and
     its adaptations, each with its time and INT8 drops."""
@@ -345,9 +351,7 @@ def render_table6(r: dict) -> str:
         ref = paper.get(f"0.25@{res:g}")
         gap = f"{m['rank1'] - ref['rank1']:+.1f} / {m['mAP'] - ref['mAP']:+.1f}" if ref else "—"
         drops = {q["backend"]: q for q in section["int8"] if q["res"] == res}
-        cell = " / ".join(f"{drops[b]['max_drop']:.2f}{'' if drops[b]['meets_targets'] else ' (miss)'}"
-                          + (f" ({drops[b]['distill_steps']} QAD steps)" if drops[b].get("distill_steps") else "")
-                          if b in drops else "—" for b in ("onnxruntime", "openvino"))
+        cell = " / ".join(_int8_cell(drops[b]) if b in drops else "—" for b in ("onnxruntime", "openvino"))
         lines.append(f"| {h}×{w} | {_pair(ref) if ref else '—'} | {m['rank1']:.2f} / {m['mAP']:.2f} | {gap} | {how} | "
                      f"{cell} |")
     lines += ["", "Market-1501, all 3,368 queries, cosine distance, rank-1 / mAP in %. Adaptation trains on "

@@ -254,5 +254,6 @@ def test_export_passes_qad_flags_to_the_quantizer(x025_checkpoint, shared_data, 
     assert main(["--width", "0.25", "--res", "0.25", "--weights", str(x025_checkpoint), "--precision", "int8",
                  "--calib", str(calib), "--calib-size", "12", "--device", "cpu", "--distill-steps", "2",
                  "--no-verify", "--out", str(out)]) == 0
-    distillation = json.loads((out / "manifest.json").read_text())["quantization"]["distillation"]
-    assert distillation["device"] == "cpu" and distillation["steps"] == 2
+    quantization = json.loads((out / "manifest.json").read_text())["quantization"]
+    assert quantization["distillation"]["device"] == "cpu" and quantization["distillation"]["steps"] == 2
+    assert "target_cosine_mean" not in quantization["fidelity"]  # not adapted: no default mixed precision

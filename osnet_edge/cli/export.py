@@ -74,7 +74,8 @@ def build_parser() -> Parser:
                    help="where quantization-aware distillation trains: auto (CUDA when torch sees a GPU), cpu, "
                         "cuda or cuda:N (default auto; float32 simulation on either)")
     p.add_argument("--min-cosine", type=float, default=None, metavar="X",
-                   help="INT8: keep the most sensitive layers in fp32 until mean cosine vs fp32 >= X")
+                   help="INT8: keep the most sensitive layers in fp32 until mean cosine vs fp32 >= X (default: "
+                        "0.999 for trained weights below 256x128, else off; 0 = off)")
     p.add_argument("--out", metavar="DIR", help="bundle directory (default bundles/<variant>_x<w>_r<res>_<target>_<precision>, "
                    "e.g. bundles/osnet_x0_25_r0_5_onnxruntime_fp32; osnet-edge profile reuses it)")
     p.add_argument("--fuse-preprocess", action="store_true",

@@ -101,6 +101,12 @@ def _preprocess_description(fused: bool, layout: str = "NCHW") -> str:
                    f"model's {layout} float32 input")
 
 
+# Checkpoints adapted below 256x128 (osnet-edge adapt): INT8 keeps its most sensitive layers in fp32 until the held-out cosine reaches
+# this (issue 27: the adapted 128x64 lost 0.39 rank-1 on ONNX Runtime at cosine 0.9983; at 0.999, 8 layers in
+# fp32, cosine 0.9987 and 0.25). An explicit min_cosine wins (0 turns it off).
+REDUCED_RES_MIN_COSINE = 0.999
+
+
 def _export_onnx_family(model: nn.Module, folder: Path, hw: tuple[int, int], target: str, precision: str,
                         fuse_preprocess: bool, calibration: Any, calib_method: str | None, opset: int, max_batch: int,
                         trained: bool, step: Callable[[str], None], progress: bool,
@@ -117,6 +123,11 @@ def _export_onnx_family(model: nn.Module, folder: Path, hw: tuple[int, int], tar
 
         step(f"quantizing for {target} with {calibration.num_images} calibration images")
         teacher = model if trained or quant_options.get("distill") is True else None
+        if quant_options.get("min_cosine") == 0:  # explicitly off
+            quant_options["min_cosine"] = None
+        elif getattr(model, "adaptation", None) and hw[0] * hw[1] < 256 * 128 and quant_options.get("min_cosine") is None:
+            quant_options["min_cosine"] = REDUCED_RES_MIN_COSINE
+            step(f"reduced resolution: layers kept in fp32 until cosine >= {REDUCED_RES_MIN_COSINE} (--min-cosine)")
         quant_options.setdefault("progress", progress or log.isEnabledFor(logging.INFO))
         result = quantize(fp32_path, calibration, target, folder, method=calib_method, torch_model=teacher,
                           **quant_options)
