@@ -361,7 +361,12 @@ def render_table6(r: dict) -> str:
     if section["runs"]:
         machines = sorted({f"{e['cpu']} (flags {' '.join(e['cpu_flags'] or [])})" for e in section["runs"]})
         lines += [f"Adaptation machine: {'; '.join(machines)}, no GPU; the 256×128 row is the bundle run above. "
-                  "Commands:", "```", *[e["command"] for e in section["runs"]], "```"]
+                  "Commands:", "```", *[e["command"] + (" --recalibrate" if e.get("bn_recalibrated")
+                                                          and "--recalibrate" not in e["command"] else "")
+                                        for e in section["runs"]], "```"]
+        if any(e.get("bn_recalibrated") for e in section["runs"]):
+            lines.append("Runs marked precise BN ran when it was the default; `--recalibrate` (added above) repeats "
+                         "them, without it the recipe keeps training's BN statistics (measured better).")
     return "\n".join(lines) + "\n"
 
 
