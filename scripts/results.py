@@ -44,6 +44,7 @@ examples:
   python scripts/results.py                                  # measure everything (about an hour on 2 cores)
   python scripts/results.py --adapted runs/x025_r05.pth      # + the adapted x0.25 @ 128x64 rows
   python scripts/results.py --render-only                    # re-render README/docs tables from the JSON
+  python scripts/results.py --adaptation r075.jsonl int8_r075.json --merge   # a new Table 6 run replaces its row
 """
 
 
@@ -59,6 +60,9 @@ def build_parser() -> Parser:
                    help="no bundle measuring: put these runs into the JSON's Table 6 section and re-render. FILE = "
                         "a JSON-lines result of scripts/adapt_experiment.py --json (one adapted resolution per line) "
                         "or an osnet-edge int8-fidelity --json of an adapted checkpoint")
+    p.add_argument("--merge", action="store_true", help="with --adaptation: update the section instead of replacing "
+                   "it (a new run replaces the one at its input, with that run's INT8 rows and snapshots; the rest "
+                   "stays; replaced runs are kept under 'superseded')")
     p.add_argument("--work", default="runs/results", help="bundles, logs and raw outputs (default runs/results)")
     p.add_argument("--reuse-bundles", action="store_true", help="keep bundles already under --work (resume a run)")
     p.add_argument("--jobs", type=int, default=1, help="bundles exported and evaluated at a time (default 1; "
@@ -312,6 +316,7 @@ def read_adaptation(files: list[str]) -> dict:
                          "checkpoint": {"file": ckpt.name, "sha256": sha256_file(ckpt) if ckpt.is_file() else None},
                          "epoch_seconds": run.get("epoch_seconds"),
                          "bn_recalibrated": bool((run.get("recipe") or {}).get("recalibrate")),
+                         "teacher_res": (run.get("recipe") or {}).get("teacher_res", 1.0),
                          "command": "python scripts/adapt_experiment.py " + " ".join(run["argv"])})
     for point in curve:  # minutes into the run at the end of that epoch (the epochs' own wall times)
         run = next((r for r in runs if r["input"] == point["input"] and r["epoch_seconds"]), None)
@@ -320,6 +325,21 @@ def read_adaptation(files: list[str]) -> dict:
         point["minutes"] = round(sum(run["epoch_seconds"][:point["epoch"]]) / 60, 1)
     return {"runs": sorted(runs, key=lambda r: -r["res"]), "int8": int8,
             "curve": sorted(curve, key=lambda c: (-c["input"][0], c["epoch"]))}
+
+
+def merge_adaptation(old: dict, new: dict) -> dict:
+    """``old`` Table 6 section updated by ``new``: a new run replaces the run at the same input, and with it that
+    run's INT8 rows (its checkpoint file) and snapshot points; the replaced runs are kept under ``superseded``
+    (the record of what ran before). Runs, rows and points at other inputs stay as measured."""
+    replaced = {tuple(r["input"]) for r in new["runs"]}
+    gone = [r for r in old.get("runs", []) if tuple(r["input"]) in replaced]
+    gone_ckpts = {(r["checkpoint"]["file"], r["res"]) for r in gone}
+    runs = [r for r in old.get("runs", []) if tuple(r["input"]) not in replaced] + new["runs"]
+    int8 = [q for q in old.get("int8", []) if (q["weights"], q["res"]) not in gone_ckpts] + new["int8"]
+    curve = [c for c in old.get("curve", []) if tuple(c["input"]) not in replaced] + new["curve"]
+    return {"runs": sorted(runs, key=lambda r: -r["res"]), "int8": int8,
+            "curve": sorted(curve, key=lambda c: (-c["input"][0], c["epoch"])),
+            "superseded": old.get("superseded", []) + gone}
 
 
 def _int8_cell(q: dict) -> str:
@@ -342,7 +362,8 @@ def render_table6(r: dict) -> str:
         rows.append((1.0, base["input_size"], base["market1501"], "the torchreid checkpoint itself (INT8: the "
                      "bundle table above)"))
     for entry in section["runs"]:
-        how = (f"adapted{' from ' + entry['init'] if entry['init'] else ''}: {entry['steps']:,} steps "
+        verb = "fine-tuned at its own size" if entry["res"] == entry.get("teacher_res", 1.0) else "adapted"
+        how = (f"{verb}{' from ' + entry['init'] if entry['init'] else ''}: {entry['steps']:,} steps "
                f"({entry['epochs']:.1f} epochs), {entry['wall_min']:g} min wall, {entry['cpu_min']:g} CPU-min, "
                f"{entry['threads']} thread{'s' if entry['threads'] > 1 else ''}, load {entry['load_average'][0]:.1f}"
                f"→{entry['load_average'][1]:.1f}" + (", precise BN at the end" if entry.get("bn_recalibrated") else ""))
@@ -538,7 +559,10 @@ def main(argv=None) -> int:
         if not json_path.is_file():
             raise CliError(f"{json_path}: --adaptation adds to an existing results file (run without it first)")
         results = json.loads(json_path.read_text(encoding="utf-8"))
-        results["adaptation"] = read_adaptation(args.adaptation)
+        section = read_adaptation(args.adaptation)
+        if args.merge:
+            section = merge_adaptation(results.get("adaptation") or {}, section)
+        results["adaptation"] = section
         tmp = json_path.with_name(f".{json_path.name}.tmp")
         tmp.write_text(json.dumps(results, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
         os.replace(tmp, json_path)

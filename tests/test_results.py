@@ -138,3 +138,36 @@ def test_adaptation_runs_render_against_the_paper(tmp_path):
         bad = tmp_path / "bad.jsonl"
         bad.write_text('{"a": 1}\n{"b": 2}\n')
         results.read_adaptation([str(bad)])
+
+
+def test_a_new_run_replaces_only_its_own_row_and_what_hangs_on_it(tmp_path):
+    def section(*lines, int8=(), curve=()):
+        runs = tmp_path / f"runs{len(list(tmp_path.iterdir()))}.jsonl"
+        runs.write_text("\n".join(json.dumps(x) for x in lines) + "\n")
+        files = [str(runs)]
+        for i, (weights, res, drop) in enumerate(int8):
+            f = tmp_path / f"int8_{len(list(tmp_path.iterdir()))}.json"
+            f.write_text(json.dumps({"weights": weights, "rows": [{"backend": "onnxruntime", "res": res,
+                                                                   "protocol": "market1501", "max_drop": drop,
+                                                                   "meets_targets": drop <= 0.3}]}))
+            files.append(str(f))
+        for epoch, size in curve:
+            f = tmp_path / f"c{len(list(tmp_path.iterdir()))}_epoch_{epoch:02d}.json"
+            f.write_text(json.dumps({"model": f"torch osnet x0.25 @ {size}", "results": [
+                {"data": "market1501", "rank1": 50.0 + epoch, "mAP": 40.0}]}))
+            files.append(str(f))
+        return results.read_adaptation(files)
+
+    old = section(_adapt_line(0.75, 90.2, 76.2), _adapt_line(0.5, 88.9, 73.7),
+                  int8=[("x.pth", 0.75, 0.24), ("x.pth", 0.5, 0.25)], curve=[(3, "192x96"), (3, "128x64")])
+    new_line = {**_adapt_line(0.75, 91.7, 77.9), "checkpoint": "/elsewhere/new.pth"}
+    merged = results.merge_adaptation(old, section(new_line, int8=[("new.pth", 0.75, 0.1)], curve=[(2, "192x96")]))
+    assert sorted((r["res"], r["rank1"]) for r in merged["runs"]) == [(0.5, 88.9), (0.75, 91.7)]
+    assert sorted((q["weights"], q["res"]) for q in merged["int8"]) == [("new.pth", 0.75), ("x.pth", 0.5)]
+    assert sorted((tuple(c["input"]), c["epoch"]) for c in merged["curve"]) == [((128, 64), 3), ((192, 96), 2)]
+    assert [r["rank1"] for r in merged["superseded"]] == [90.2]
+    body = results.render_table6({**RESULTS, "adaptation": merged})
+    assert "| 192×96 | 91.6 / 76.1 | 91.70 / 77.90 |" in body and "| 128×64 | 88.7 / 71.8 | 88.90 / 73.70 |" in body
+    same_size = {**_adapt_line(1.0, 92.3, 78.0), "recipe": {"teacher_res": 1.0}}
+    body = results.render_table6({**RESULTS, "adaptation": results.merge_adaptation(merged, section(same_size))})
+    assert "fine-tuned at its own size" in next(line for line in body.splitlines() if "92.30 / 78.00" in line)
