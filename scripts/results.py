@@ -381,7 +381,8 @@ def render_table6(r: dict) -> str:
               "rank-1 / mAP over INT8-vs-INT8 and INT8 queries vs FP32 gallery; target 0.3."]
     if section["runs"]:
         machines = sorted({f"{e['cpu']} (flags {' '.join(e['cpu_flags'] or [])})" for e in section["runs"]})
-        lines += [f"Adaptation machine: {'; '.join(machines)}, no GPU; the 256×128 row is the bundle run above. "
+        lines += [f"Adaptation machine{'s' if len(machines) > 1 else ''}: {'; '.join(machines)}, no GPU; the "
+                  "checkpoint's own 256×128 row is the bundle run above. "
                   "Commands:", "```", *[e["command"] + (" --recalibrate" if e.get("bn_recalibrated")
                                                           and "--recalibrate" not in e["command"] else "")
                                         for e in section["runs"]], "```"]
