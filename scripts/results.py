@@ -556,6 +556,8 @@ def render_files(root: Path, results: dict) -> list[Path]:
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     json_path = REPO / args.json if not os.path.isabs(args.json) else Path(args.json)
+    if args.merge and not args.adaptation:
+        raise CliError("--merge goes with --adaptation FILE... (it updates the Table 6 section from those files)")
     if args.adaptation:
         if not json_path.is_file():
             raise CliError(f"{json_path}: --adaptation adds to an existing results file (run without it first)")
