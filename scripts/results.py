@@ -359,7 +359,7 @@ def render_table6(r: dict) -> str:
                 None)
     rows = []
     if base is not None and r["models"][0]["res"] == 1.0:
-        rows.append((1.0, base["input_size"], base["market1501"], "the torchreid checkpoint itself (INT8: the "
+        rows.append((1.0, base["input_size"], base["market1501"], None, "the torchreid checkpoint itself (INT8: the "
                      "bundle table above)"))
     for entry in section["runs"]:
         verb = "fine-tuned at its own size" if entry["res"] == entry.get("teacher_res", 1.0) else "adapted"
@@ -367,11 +367,11 @@ def render_table6(r: dict) -> str:
                f"({entry['epochs']:.1f} epochs), {entry['wall_min']:g} min wall, {entry['cpu_min']:g} CPU-min, "
                f"{entry['threads']} thread{'s' if entry['threads'] > 1 else ''}, load {entry['load_average'][0]:.1f}"
                f"→{entry['load_average'][1]:.1f}" + (", precise BN at the end" if entry.get("bn_recalibrated") else ""))
-        rows.append((entry["res"], entry["input"], entry, how))
-    for res, (h, w), m, how in rows:
+        rows.append((entry["res"], entry["input"], entry, entry["checkpoint"]["file"], how))
+    for res, (h, w), m, ckpt, how in rows:
         ref = paper.get(f"0.25@{res:g}")
         gap = f"{m['rank1'] - ref['rank1']:+.1f} / {m['mAP'] - ref['mAP']:+.1f}" if ref else "—"
-        drops = {q["backend"]: q for q in section["int8"] if q["res"] == res}
+        drops = {q["backend"]: q for q in section["int8"] if q["res"] == res and q["weights"] == ckpt}
         cell = " / ".join(_int8_cell(drops[b]) if b in drops else "—" for b in ("onnxruntime", "openvino"))
         lines.append(f"| {h}×{w} | {_pair(ref) if ref else '—'} | {m['rank1']:.2f} / {m['mAP']:.2f} | {gap} | {how} | "
                      f"{cell} |")

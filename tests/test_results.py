@@ -118,7 +118,7 @@ def test_adaptation_runs_render_against_the_paper(tmp_path):
     runs.write_text("\n".join(json.dumps(x) for x in (_adapt_line(0.5, 89.01, 72.34),
                                                       _adapt_line(0.25, 78.0, 55.5, init="/r/x025_r05.pth"))) + "\n")
     int8 = tmp_path / "int8.json"
-    int8.write_text(json.dumps({"weights": "/r/x025_r05.pth", "cpu_flags": ["avx2"], "rows": [
+    int8.write_text(json.dumps({"weights": "/r/x.pth", "cpu_flags": ["avx2"], "rows": [  # the run's checkpoint name
         {"backend": "onnxruntime", "res": 0.5, "protocol": "market1501", "max_drop": 0.12, "meets_targets": True},
         {"backend": "openvino", "res": 0.5, "protocol": "market1501", "max_drop": 0.41, "meets_targets": False}]}))
     snapshot = tmp_path / "curve_r05_epoch_02.json"
@@ -168,6 +168,10 @@ def test_a_new_run_replaces_only_its_own_row_and_what_hangs_on_it(tmp_path):
     assert [r["rank1"] for r in merged["superseded"]] == [90.2]
     body = results.render_table6({**RESULTS, "adaptation": merged})
     assert "| 192×96 | 91.6 / 76.1 | 91.70 / 77.90 |" in body and "| 128×64 | 88.7 / 71.8 | 88.90 / 73.70 |" in body
-    same_size = {**_adapt_line(1.0, 92.3, 78.0), "recipe": {"teacher_res": 1.0}}
-    body = results.render_table6({**RESULTS, "adaptation": results.merge_adaptation(merged, section(same_size))})
-    assert "fine-tuned at its own size" in next(line for line in body.splitlines() if "92.30 / 78.00" in line)
+    same_size = {**_adapt_line(1.0, 92.3, 78.0), "recipe": {"teacher_res": 1.0}, "checkpoint": "/r/ft.pth"}
+    body = results.render_table6({**RESULTS, "adaptation": results.merge_adaptation(
+        merged, section(same_size, int8=[("ft.pth", 1.0, 0.05)]))})
+    fine_tuned, = [line for line in body.splitlines() if "92.30 / 78.00" in line]
+    assert "fine-tuned at its own size" in fine_tuned and fine_tuned.endswith("| 0.05 / — |")
+    checkpoint_itself, = [line for line in body.splitlines() if "the torchreid checkpoint itself" in line]
+    assert checkpoint_itself.endswith("| — / — |")  # the fine-tune's INT8 rows are not the checkpoint's
