@@ -323,8 +323,13 @@ def read_adaptation(files: list[str]) -> dict:
         if run is None:
             raise CliError(f"--adaptation: a snapshot at {point['input']} without its run's result line")
         point["minutes"] = round(sum(run["epoch_seconds"][:point["epoch"]]) / 60, 1)
+    return _section(runs, int8, curve)
+
+
+def _section(runs: list, int8: list, curve: list, **extra) -> dict:
+    """The Table 6 section in its one order: runs by falling resolution, snapshots by input then epoch."""
     return {"runs": sorted(runs, key=lambda r: -r["res"]), "int8": int8,
-            "curve": sorted(curve, key=lambda c: (-c["input"][0], c["epoch"]))}
+            "curve": sorted(curve, key=lambda c: (-c["input"][0], c["epoch"])), **extra}
 
 
 def merge_adaptation(old: dict, new: dict) -> dict:
@@ -337,9 +342,7 @@ def merge_adaptation(old: dict, new: dict) -> dict:
     runs = [r for r in old.get("runs", []) if tuple(r["input"]) not in replaced] + new["runs"]
     int8 = [q for q in old.get("int8", []) if (q["weights"], q["res"]) not in gone_ckpts] + new["int8"]
     curve = [c for c in old.get("curve", []) if tuple(c["input"]) not in replaced] + new["curve"]
-    return {"runs": sorted(runs, key=lambda r: -r["res"]), "int8": int8,
-            "curve": sorted(curve, key=lambda c: (-c["input"][0], c["epoch"])),
-            "superseded": old.get("superseded", []) + gone}
+    return _section(runs, int8, curve, superseded=old.get("superseded", []) + gone)
 
 
 def _int8_cell(q: dict) -> str:

@@ -145,7 +145,7 @@ def test_a_new_run_replaces_only_its_own_row_and_what_hangs_on_it(tmp_path):
         runs = tmp_path / f"runs{len(list(tmp_path.iterdir()))}.jsonl"
         runs.write_text("\n".join(json.dumps(x) for x in lines) + "\n")
         files = [str(runs)]
-        for i, (weights, res, drop) in enumerate(int8):
+        for weights, res, drop in int8:
             f = tmp_path / f"int8_{len(list(tmp_path.iterdir()))}.json"
             f.write_text(json.dumps({"weights": weights, "rows": [{"backend": "onnxruntime", "res": res,
                                                                    "protocol": "market1501", "max_drop": drop,
