@@ -199,3 +199,67 @@ def test_unsupported_litert_options_are_refused(tmp_path):
     model = build_osnet(0.25)
     with pytest.raises(ValueError, match="bf16"):
         export_bundle(tmp_path / "x", width=0.25, res=0.25, target="litert", precision="bf16", model=copy.deepcopy(model))
+
+
+def test_partial_integer_int8_keeps_the_gate_mlp_float(tmp_path, crops):
+    """``placement="conv"``: int8 weights only in the feature-map convolutions; the gates' 1x1 MLP, the
+    products, sums and fc stay float32, the file takes and returns float32, and XNNPACK runs all of it."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    hw = (64, 32)
+    calibration = _calibration(tmp_path, hw)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        bundle = export_bundle(tmp_path / "int8", width=0.25, res=0.25, target="litert", precision="int8",
+                               calibration=calibration, measure_latency=False, fidelity_images=24, placement="conv")
+    assert bundle.manifest["quantization"]["placement"] == "conv"
+    it = Interpreter(model_path=str(bundle.file("model.tflite")))
+    assert it.get_input_details()[0]["dtype"] == np.float32 and it.get_output_details()[0]["dtype"] == np.float32
+    tensors = {t["index"]: t for t in it.get_tensor_details()}
+    kinds = {"gate": set(), "feature": set()}
+    for op in it._get_ops_details():
+        if op["op_name"] in ("CONV_2D", "DEPTHWISE_CONV_2D"):
+            shape = tensors[op["inputs"][0]]["shape"]
+            weight = np.dtype(tensors[op["inputs"][1]]["dtype"])
+            kinds["gate" if shape[1] == shape[2] == 1 else "feature"].add(weight)
+        if op["op_name"] in ("LOGISTIC", "FULLY_CONNECTED", "MEAN"):
+            assert np.dtype(tensors[op["outputs"][0]]["dtype"]) == np.float32, op
+    assert kinds == {"gate": {np.dtype(np.float32)}, "feature": {np.dtype(np.int8)}}, kinds
+    assert bundle.manifest["build"]["xnnpack"]["undelegated_ops"] == {}, bundle.manifest["build"]["xnnpack"]
+    assert bundle.manifest["quantization"]["fidelity"]["cosine_mean"] > 0.95
+    assert _vs_torch(bundle, crops)["cosine_mean"] > 0.9
+
+
+def test_litert_int8_placement_is_checked(tmp_path):
+    from osnet_edge.quantize.litert import int8_recipe
+
+    with pytest.raises(ValueError, match="placement must be one of"):
+        int8_recipe(tmp_path / "none.tflite", placement="gates")
+
+
+def test_dynamic_range_int8_needs_no_ranges_and_stays_on_xnnpack(tmp_path, crops):
+    """``calib_method="dynamic"``: int8 weights in the convolutions and fc, activations quantized per call;
+    float32 in and out, no distillation, every op on XNNPACK (depthwise kept float: XNNPACK has no
+    dynamically quantized depthwise kernel)."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    hw = (64, 32)
+    calibration = _calibration(tmp_path, hw)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        bundle = export_bundle(tmp_path / "dyn", width=0.25, res=0.25, target="litert", precision="int8",
+                               calibration=calibration, calib_method="dynamic", measure_latency=False,
+                               fidelity_images=24)
+    q = bundle.manifest["quantization"]
+    assert q["method"] == "dynamic" and q["placement"] == "dynamic" and q["distillation"] is None
+    it = Interpreter(model_path=str(bundle.file("model.tflite")))
+    assert it.get_input_details()[0]["dtype"] == np.float32
+    tensors = {t["index"]: t for t in it.get_tensor_details()}
+    weights = {op["op_name"]: np.dtype(tensors[op["inputs"][1]]["dtype"]) for op in it._get_ops_details()
+               if op["op_name"] in ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED")}
+    assert weights == {"CONV_2D": np.int8, "FULLY_CONNECTED": np.int8, "DEPTHWISE_CONV_2D": np.float32}, weights
+    assert bundle.manifest["build"]["xnnpack"]["undelegated_ops"] == {}, bundle.manifest["build"]["xnnpack"]
+    assert q["fidelity"]["cosine_mean"] > 0.99, q["fidelity"]
+    with pytest.raises(ValueError, match="no placement"):
+        export_bundle(tmp_path / "x", width=0.25, res=0.25, target="litert", precision="int8", calibration=calibration,
+                      calib_method="dynamic", placement="conv")

@@ -17,7 +17,7 @@ from .conftest import REPO, load_script
 results = load_script("results.py", "script_results")
 RESULTS = json.loads((REPO / results.RESULTS_JSON).read_text(encoding="utf-8"))
 # Which block each including file must carry (a file that drops its markers would silently stop updating).
-REQUIRED_BLOCKS = {"README.md": {"readme", "table6"}, "docs/benchmark.md": {"details"}, "docs/int8.md": {"int8"},
+REQUIRED_BLOCKS = {"README.md": {"readme", "table6"}, "docs/benchmark.md": {"details", "ablation"}, "docs/int8.md": {"int8"},
                    "docs/adaptation.md": {"table6", "curve"}}
 
 
@@ -175,3 +175,30 @@ def test_a_new_run_replaces_only_its_own_row_and_what_hangs_on_it(tmp_path):
     assert "fine-tuned at its own size" in fine_tuned and fine_tuned.endswith("| 0.05 / — |")
     checkpoint_itself, = [line for line in body.splitlines() if "the torchreid checkpoint itself" in line]
     assert checkpoint_itself.endswith("| — / — |")  # the fine-tune's INT8 rows are not the checkpoint's
+
+
+def test_the_ablation_names_each_variant_by_its_recipe_difference(tmp_path):
+    def line(losses, erase_p=0.5, flip=True, epochs=3):
+        recipe = {"augmentation": {"erase_p": erase_p}, "teacher_flip": flip, "seed": 0, "view_sets": 1}
+        return {**_adapt_line(0.5, 80.0 + len(losses), 60.0 + erase_p), "epochs": epochs, "recipe": recipe,
+                "losses": dict.fromkeys(losses, 1.0)}
+
+    full = ["cosine", "fmap", "ce", "logit"]
+    files = []
+    for i, x in enumerate((line(full), line(full, erase_p=0.0), line(["cosine", "fmap", "logit"]),
+                           line(full, flip=False), line(full + ["simkl"]))):
+        files.append(tmp_path / f"{i}.jsonl")
+        files[-1].write_text(json.dumps(x) + "\n")
+    section = results.read_ablation([str(f) for f in files])
+    assert [r["change"] for r in section["rows"]] == [
+        "full recipe", "without random erasing", "without label-smoothed cross-entropy",
+        "without the teacher's mirrored views", "with ranking (similarity KL) distillation"]
+    body = results.render_ablation({**RESULTS, "ablation": section})
+    assert "| without random erasing | 84.00 / 60.00 | +0.00 / -0.50 |" in body
+    assert "| without label-smoothed cross-entropy | 83.00 / 60.50 | -1.00 / +0.00 |" in body
+    longer = tmp_path / "long.jsonl"
+    longer.write_text(json.dumps(line(full, epochs=9)) + "\n")
+    with pytest.raises(results.CliError, match="must share resolution, epochs"):
+        results.read_ablation([str(files[0]), str(longer)])
+    with pytest.raises(results.CliError, match="full recipe's Market-1501 result line first"):
+        results.read_ablation([str(files[0])])

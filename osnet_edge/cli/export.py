@@ -60,13 +60,16 @@ def build_parser() -> Parser:
     p.add_argument("--calib-size", type=int, default=300, metavar="N",
                    help="calibration images sampled across identities/cameras (default 300)")
     p.add_argument("--calib-method", default=None, metavar="M",
-                   help="activation ranges: minmax | entropy | percentile | mse (all backends; default minmax), "
-                        "or for openvino an NNCF preset: mixed | performance")
+                   help="activation ranges: minmax | entropy | percentile | mse (ONNX backends; default minmax), "
+                        "for openvino an NNCF preset: mixed | performance, for litert minmax or dynamic "
+                        "(dynamic-range: int8 weights, activation ranges measured per call)")
     p.add_argument("--int8-placement", choices=["conv", "all", "auto"], default=None,
-                   help="INT8 Q/DQ placement (onnxruntime, openvino): conv = spatial convolutions only (default), "
+                   help="INT8 Q/DQ placement. onnxruntime, openvino: conv = spatial convolutions only (default), "
                         "all = every op the quantizer knows, auto = quantize with each, time each against FP32 on "
                         "this machine and keep the fastest that meets the fidelity target (cosine mean 0.998 / "
-                        "p1 0.995, or --min-cosine); the table goes into the manifest. auto quantizes twice")
+                        "p1 0.995, or --min-cosine); the table goes into the manifest. auto quantizes twice. "
+                        "litert: all = full-integer (default), conv = partial-integer (the gates' MLP, products, "
+                        "sums and fc stay float32)")
     p.add_argument("--distill-steps", type=int, default=None, metavar="N",
                    help="INT8 with --weights: steps of quantization-aware distillation before PTQ (default 150: "
                         "measured as good as 400-600; 0 = plain PTQ)")
@@ -138,9 +141,13 @@ def _check_flags(args: argparse.Namespace) -> str:
         raise CliError(f"--target {args.target} supports --precision {', '.join(TARGET_PRECISIONS[args.target])}, "
                        f"not {args.precision}")
     if args.target == "litert" and args.min_cosine is not None:
-        raise CliError("--min-cosine (mixed precision) exists for the ONNX targets only; litert INT8 is full-integer")
-    if args.int8_placement is not None and (args.precision != "int8" or args.target not in ("onnxruntime", "openvino")):
-        raise CliError("--int8-placement applies to --precision int8 on --target onnxruntime or openvino")
+        raise CliError("--min-cosine (mixed precision) exists for the ONNX targets only; for litert, "
+                       "--int8-placement conv keeps the gates, products, sums and fc in float32")
+    if args.int8_placement is not None and (args.precision != "int8"
+                                            or args.target not in ("onnxruntime", "openvino", "litert")):
+        raise CliError("--int8-placement applies to --precision int8 on --target onnxruntime, openvino or litert")
+    if args.target == "litert" and args.int8_placement == "auto":
+        raise CliError("--int8-placement for litert is all (full-integer, default) or conv (partial-integer)")
     check_rknn_flags(args)
     if args.distill_steps is not None and args.distill_steps < 0:
         raise CliError(f"--distill-steps must be >= 0, got {args.distill_steps}")

@@ -60,6 +60,9 @@ def build_parser() -> Parser:
     p.add_argument("--no-distill", action="store_true", help="plain PTQ (no quantization-aware distillation)")
     p.add_argument("--distill-steps", type=int, default=None)
     p.add_argument("--min-cosine", type=float, default=None, help="mixed-precision target (off by default)")
+    p.add_argument("--int8-placement", choices=["conv", "all"], default=None,
+                   help="Q/DQ placement (see osnet-edge export); for litert: all = full-integer (default), "
+                        "conv = partial-integer (gate MLP, products, sums, fc in float32)")
     p.add_argument("--work", default="runs/int8_fidelity", help="where bundles are written (default %(default)s)")
     p.add_argument("--cache", default=None, help="embedding cache (default ~/.cache/osnet_edge/features)")
     p.add_argument("--json", default=None, help="write all rows here")
@@ -126,7 +129,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             export_bundle(out_fp32, width=width, res=res, weights=weights, target="onnxruntime", overwrite=True)
         ref = embed(out_fp32)
         for backend in args.backend:
-            bundle, export_s = _export_int8(args, backend, os.path.join(args.work, f"{tag}_r{res:g}_int8_{backend}"),
+            suffix = f"_{args.int8_placement}" if args.int8_placement else ""
+            bundle, export_s = _export_int8(args, backend,
+                                            os.path.join(args.work, f"{tag}_r{res:g}_int8_{backend}{suffix}"),
                                             width, res, weights, calib)
             feats = embed(str(bundle.path), runtime="onnxruntime" if backend == "tensorrt" else backend)
             for es in evalsets:
@@ -150,6 +155,8 @@ def _export_int8(args, backend: str, out: str, width: float, res: float, weights
         opts["distill_steps"] = args.distill_steps
     if args.min_cosine is not None:
         opts["min_cosine"] = args.min_cosine
+    if args.int8_placement is not None:
+        opts["placement"] = args.int8_placement
     t0 = time.perf_counter()
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
@@ -179,7 +186,7 @@ def compare(es, ref, feats, backend, width, res, hw, bundle, qrep, export_s) -> 
            "int8_rank1": round(i8["rank1"], 2), "int8_mAP": round(i8["mAP"], 2),
            "cross_rank1": round(cross["rank1"], 2), "cross_mAP": round(cross["mAP"], 2),
            "method": bundle.manifest["calibration"]["method"],
-           "kept_fp32": len(qrep.get("kept_fp32") or []),
+           "kept_fp32": len(qrep.get("kept_fp32") or []), "placement": qrep.get("placement") or (qrep.get("distillation") or {}).get("placement"),
            "distill_steps": (qrep.get("distillation") or {}).get("steps"),
            "holdout_cosine_mean": round(qrep["fidelity"]["cosine_mean"], 5),
            "holdout_cosine_p1": round(qrep["fidelity"]["cosine_p1"], 5),
