@@ -140,9 +140,9 @@ def quantize_tflite(float_path: str | Path, calib: np.ndarray, out_path: str | P
         ranges = cal.get_model_qsvs()
         widened = widen_constant_ranges(ranges)
         q.quantize(ranges).export_model(str(out_path), overwrite=True)
-    name = "static_wi8_ai8" if placement == "all" else "static int8 on " + "/".join(PARTIAL_INTEGER_OPS) + \
-        " except the gate MLP; the rest float32"
-    return {"recipe": f"{name} (ai-edge-quantizer), ranges: min/max over all calibration crops", "placement": placement,
+    described = ("static_wi8_ai8" if placement == "all" else
+                 "static int8 on " + "/".join(PARTIAL_INTEGER_OPS) + " except the gate MLP; the rest float32")
+    return {"recipe": f"{described} (ai-edge-quantizer), ranges: min/max over all calibration crops", "placement": placement,
             "calibration_images": int(len(calib)), "constant_tensors_widened": widened}
 
 
