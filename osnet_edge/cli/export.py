@@ -146,6 +146,8 @@ def _check_flags(args: argparse.Namespace) -> str:
     if args.int8_placement is not None and (args.precision != "int8"
                                             or args.target not in ("onnxruntime", "openvino", "litert")):
         raise CliError("--int8-placement applies to --precision int8 on --target onnxruntime, openvino or litert")
+    if args.target == "litert" and args.calib_method == "dynamic" and args.int8_placement is not None:
+        raise CliError("--calib-method dynamic (dynamic-range) has no --int8-placement: its int8 ops are fixed")
     if args.target == "litert" and args.int8_placement == "auto":
         raise CliError("--int8-placement for litert is all (full-integer, default) or conv (partial-integer)")
     check_rknn_flags(args)
