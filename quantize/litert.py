@@ -144,8 +144,8 @@ def quantize_tflite(float_path: str | Path, calib: np.ndarray, out_path: str | P
         q.quantize(ranges).export_model(str(out_path), overwrite=True)
     described = ("static_wi8_ai8" if placement == "all" else
                  "static int8 on " + "/".join(PARTIAL_INTEGER_OPS) + " except the gate MLP; the rest float32")
-    return {"recipe": f"{described} (ai-edge-quantizer), ranges: min/max over all calibration crops", "placement": placement,
-            "calibration_images": int(len(calib)), "constant_tensors_widened": widened}
+    return {"recipe": f"{described} (ai-edge-quantizer), ranges: min/max over all calibration crops",
+            "placement": placement, "calibration_images": int(len(calib)), "constant_tensors_widened": widened}
 
 
 # A tensor that is constant on every calibration crop (a gate whose ReLU is always 0) gets a
@@ -301,8 +301,7 @@ def quantize_from_torch(model, calibration_set, out_dir: str | Path, input_hw: t
         for name in MODEL_FILES:
             (out_dir / name).write_bytes((work / name).read_bytes())
     report = {"backend": RUNTIME, "method": method, "placement": placement, **_form(method, placement),
-              "per_channel": True,
-              "weights": "int8 symmetric per output channel", "fidelity": fidelity, "kept_fp32": [],
+              "per_channel": True, "weights": "int8 symmetric per output channel", "fidelity": fidelity, "kept_fp32": [],
               "mixed_precision": None, "distillation": distill_info, "options": info, "conversion": conversion,
               "latency": latency, "seconds": round(time.perf_counter() - t_start, 1)}
     return QuantizationResult(method=method + ("+qad" if distill_info else ""), files=list(MODEL_FILES),

@@ -16,6 +16,11 @@ def pair(m: dict) -> str:
 
 
 
+def _command(run: dict) -> str:
+    """The command line that made an adapt_experiment.py result line."""
+    return "python scripts/adapt_experiment.py " + " ".join(run["argv"])
+
+
 def read_adaptation(files: list[str]) -> dict:
     """The ``adaptation`` section from adapt_experiment.py JSON lines and int8-fidelity JSON files, as
     measured (no number is computed here beyond minutes and the gap to the paper)."""
@@ -73,7 +78,7 @@ def read_adaptation(files: list[str]) -> dict:
                          "epoch_seconds": run.get("epoch_seconds"),
                          "bn_recalibrated": bool((run.get("recipe") or {}).get("recalibrate")),
                          "teacher_res": (run.get("recipe") or {}).get("teacher_res", 1.0),
-                         "command": "python scripts/adapt_experiment.py " + " ".join(run["argv"])})
+                         "command": _command(run)})
     for point in curve:  # minutes into the run at the end of that epoch (the epochs' own wall times)
         run = next((r for r in runs if r["input"] == point["input"] and r["epoch_seconds"]), None)
         if run is None:
@@ -204,7 +209,7 @@ def read_ablation(files: list[str]) -> dict:
     rows = [{"change": "full recipe" if x is base else _difference(x, base), "rank1": x["adapted"]["market1501"]["rank1"],
              "mAP": x["adapted"]["market1501"]["mAP"], "threads": x["threads"], "wall_min": round(x["wall_s"] / 60, 1),
              "load_average_end": x["loadavg_end"][0],
-             "command": "python scripts/adapt_experiment.py " + " ".join(a for a in x["argv"])} for x in lines]
+             "command": _command(x)} for x in lines]
     res, epochs, view_sets = fixed.pop()
     return {"res": res, "epochs": epochs, "view_sets": view_sets, "rows": rows,
             "cpu_flags": (base.get("machine") or {}).get("flags")}
