@@ -68,7 +68,8 @@ def build_parser() -> Parser:
     p.add_argument("--lr", type=float, default=d.lr)
     p.add_argument("--warmup-epochs", type=float, default=d.warmup_epochs)
     p.add_argument("--schedule", default=d.schedule, choices=["cosine", "constant"])
-    p.add_argument("--losses", default=None, help="default: auto (distillation); with labels auto,ce=1,logit=1")
+    p.add_argument("--losses", default=None, help="default: auto (distillation); with labels auto,logit=1 (auto,ce=1 where the "
+                   "checkpoint's classifier is not the data's identities)")
     p.add_argument("--temperature", type=float, default=d.temperature)
     p.add_argument("--bn", default=d.bn, choices=["train", "frozen"])
     p.add_argument("--no-adabn", action="store_true")

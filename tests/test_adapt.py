@@ -297,6 +297,21 @@ def test_labels_follow_torchreid_order_and_the_checkpoint_classifier_starts_the_
         AdaptConfig(head="checkpoint")
 
 
+def test_the_labelled_default_is_logit_distillation_where_the_classifier_has_the_identities(tmp_path, checkpoint):
+    from osnet_edge.cli.adapt import labelled_default
+
+    state = dict(read_checkpoint(checkpoint))
+    state["classifier.weight"], state["classifier.bias"] = torch.zeros(NUM_IDS, 512), torch.zeros(NUM_IDS)
+    with_head = tmp_path / "with_head.pth"
+    torch.save(state, with_head)
+    # measured at 128x64: cross-entropy beside logit distillation costs rank-1, so the default leaves it out
+    assert labelled_default(str(with_head), None, NUM_IDS) == {"auto": 1.0, "logit": 1.0}
+    # no usable classifier (none, other identities, or another teacher): cross-entropy keeps the labels in use
+    assert labelled_default(str(with_head), None, NUM_IDS + 1) == {"auto": 1.0, "ce": 1.0}
+    assert labelled_default(str(checkpoint), None, NUM_IDS) == {"auto": 1.0, "ce": 1.0}
+    assert labelled_default(str(with_head), "omz-0287", NUM_IDS) == {"auto": 1.0, "ce": 1.0}
+
+
 def test_teacher_from_a_path_runs_through_openvino_or_torch(tmp_path, checkpoint, data):
     t = load_teacher(checkpoint, res=TEACHER_RES)
     ref = CheckpointTeacher(checkpoint, res=TEACHER_RES, backend="torch")

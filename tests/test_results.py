@@ -196,6 +196,18 @@ def test_the_ablation_names_each_variant_by_its_recipe_difference(tmp_path):
     body = results.render_ablation({**RESULTS, "ablation": section})
     assert "| without random erasing | 84.00 / 60.00 | +0.00 / -0.50 |" in body
     assert "| without label-smoothed cross-entropy | 83.00 / 60.50 | -1.00 / +0.00 |" in body
+    # a run that took the then-default losses (no --losses on its command line) gets them spelled out, so the
+    # rendered command still reproduces it after the default changed; one that named them keeps its own
+    default_run, named_run = line(full), line(["cosine", "logit"])
+    default_run["recipe"]["losses"] = {"auto": 1.0, "ce": 1.0, "logit": 1.0}
+    named_run["argv"] = named_run["argv"] + ["--losses", "cosine=1,logit=1"]
+    named_run["recipe"]["losses"] = {"cosine": 1.0, "logit": 1.0}
+    for i, x in enumerate((default_run, named_run)):
+        (tmp_path / f"cmd{i}.jsonl").write_text(json.dumps(x) + "\n")
+    commands = [r["command"] for r in results.read_ablation([str(tmp_path / "cmd0.jsonl"),
+                                                             str(tmp_path / "cmd1.jsonl")])["rows"]]
+    assert commands[0].endswith("--threads 1 --losses auto=1,ce=1,logit=1")
+    assert commands[1].endswith("--losses cosine=1,logit=1") and commands[1].count("--losses") == 1
     longer = tmp_path / "long.jsonl"
     longer.write_text(json.dumps(line(full, epochs=9)) + "\n")
     with pytest.raises(results.CliError, match="must share resolution, epochs"):

@@ -18,7 +18,7 @@ examples:
   osnet-edge adapt --weights ../shared/data/weights/torchreid/osnet_x0_25_msmt17.pth --res 0.5 \\
       --adaptation-set --eval --out x025_r05.pth
   # the Market-1501 benchmark recipe (README "Results"): bounding_box_train only, identities from the file
-  # names -> distillation from 256x128 + cross-entropy, the head starting from the checkpoint's classifier
+  # names -> distillation from 256x128 + logit distillation through the checkpoint's own classifier
   osnet-edge adapt --weights ../shared/data/weights/torchreid/osnet_x0_25_market1501.pth --res 0.5 \\
       --data ../shared/data/market1501/bounding_box_train --labels --budget-min 60 --threads 2 --eval \\
       --out x025_market_r05.pth
@@ -35,7 +35,8 @@ examples:
 
 
 def build_parser() -> Parser:
-    from osnet_edge.adapt.config import AUTO, KD_LOSSES, LABEL_LOSSES, LABELLED_DEFAULT, AdaptConfig
+    from osnet_edge.adapt.config import (AUTO, KD_LOSSES, LABEL_LOSSES, LABELLED_DEFAULT, LABELLED_FALLBACK,
+                                         AdaptConfig)
 
     d = AdaptConfig()
     p = Parser(command="adapt", description="Adapt a torchreid OSNet checkpoint to a reduced input resolution (or width) on "
@@ -84,8 +85,9 @@ def build_parser() -> Parser:
                    help=f"weighted losses, e.g. cosine=1,fmap=1 (known: {', '.join(KD_LOSSES + LABEL_LOSSES)}). "
                         f"Default {AUTO}: cosine + fmap from an OSNet checkpoint teacher of the student's width, "
                         "cosine from other 512-d teachers, simkl + relational from other embedding sizes; "
-                        f"with --labels {_spec(LABELLED_DEFAULT)} (distillation + cross-entropy + logit distillation "
-                        "from the checkpoint's classifier; logit only when that classifier has the data's identities)")
+                        f"with --labels {_spec(LABELLED_DEFAULT)} (distillation + logit distillation from the "
+                        "checkpoint's classifier) when that classifier has one row per identity of the data, else "
+                        f"{_spec(LABELLED_FALLBACK)} (cross-entropy on a new head)")
     r.add_argument("--lr", type=float, default=d.lr, help=f"AMSGrad learning rate (default {d.lr})")
     r.add_argument("--batch-size", type=int, default=d.batch_size, help=f"default {d.batch_size}")
     r.add_argument("--schedule", choices=["cosine", "constant"], default=d.schedule,
@@ -120,16 +122,16 @@ def _spec(losses: Mapping[str, float]) -> str:
 
 
 def labelled_default(weights: str, teacher: str | None, num_ids: int) -> dict:
-    """The labelled recipe; logit distillation only where the teacher is --weights and its classifier
-    has one row per identity of the data (its own training set)."""
-    from osnet_edge.adapt.config import LABELLED_DEFAULT
+    """The labelled recipe: distillation + logit distillation where the teacher is --weights and its classifier
+    has one row per identity of the data (its own training set); elsewhere distillation + cross-entropy on a
+    new head, so the labels still count."""
+    from osnet_edge.adapt.config import LABELLED_DEFAULT, LABELLED_FALLBACK
     from osnet_edge.models import read_checkpoint
 
-    losses = dict(LABELLED_DEFAULT)
     classifier = read_checkpoint(weights).get("classifier.weight") if teacher is None else None
     if classifier is None or classifier.shape[0] != num_ids:
-        losses.pop("logit")
-    return losses
+        return dict(LABELLED_FALLBACK)
+    return dict(LABELLED_DEFAULT)
 
 
 
