@@ -35,8 +35,7 @@ examples:
 
 
 def build_parser() -> Parser:
-    from osnet_edge.adapt.config import (AUTO, KD_LOSSES, LABEL_LOSSES, LABELLED_DEFAULT, LABELLED_FALLBACK,
-                                         AdaptConfig)
+    from osnet_edge.adapt.config import AUTO, KD_LOSSES, LABEL_LOSSES, LABELLED_DEFAULT, LABELLED_FALLBACK, AdaptConfig
 
     d = AdaptConfig()
     p = Parser(command="adapt", description="Adapt a torchreid OSNet checkpoint to a reduced input resolution (or width) on "
@@ -85,9 +84,8 @@ def build_parser() -> Parser:
                    help=f"weighted losses, e.g. cosine=1,fmap=1 (known: {', '.join(KD_LOSSES + LABEL_LOSSES)}). "
                         f"Default {AUTO}: cosine + fmap from an OSNet checkpoint teacher of the student's width, "
                         "cosine from other 512-d teachers, simkl + relational from other embedding sizes; "
-                        f"with --labels {_spec(LABELLED_DEFAULT)} (distillation + logit distillation from the "
-                        "checkpoint's classifier) when that classifier has one row per identity of the data, else "
-                        f"{_spec(LABELLED_FALLBACK)} (cross-entropy on a new head)")
+                        f"with --labels {_spec(LABELLED_DEFAULT)} (+ logit KD via the checkpoint's classifier) when its "
+                        f"rows are the data's identities, else {_spec(LABELLED_FALLBACK)} (cross-entropy, new head)")
     r.add_argument("--lr", type=float, default=d.lr, help=f"AMSGrad learning rate (default {d.lr})")
     r.add_argument("--batch-size", type=int, default=d.batch_size, help=f"default {d.batch_size}")
     r.add_argument("--schedule", choices=["cosine", "constant"], default=d.schedule,
