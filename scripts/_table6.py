@@ -140,7 +140,7 @@ def render_table6(r: dict) -> str:
         rows.append((entry["res"], entry["input"], entry, entry["checkpoint"]["file"], how))
     for res, (h, w), m, ckpt, how in rows:
         ref = paper.get(f"0.25@{res:g}")
-        gap = f"{m['rank1'] - ref['rank1']:+.1f} / {m['mAP'] - ref['mAP']:+.1f}" if ref else "—"
+        gap = f"{m['rank1'] - ref['rank1']:+.2f} / {m['mAP'] - ref['mAP']:+.2f}" if ref else "—"  # 1 query = 0.03
         drops = {q["backend"]: q for q in section["int8"] if q["res"] == res and q["weights"] == ckpt}
         cell = " / ".join(_int8_cell(drops[b]) if b in drops else "—" for b in ("onnxruntime", "openvino"))
         lines.append(f"| {h}×{w} | {pair(ref) if ref else '—'} | {m['rank1']:.2f} / {m['mAP']:.2f} | {gap} | {how} | "

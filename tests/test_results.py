@@ -131,7 +131,7 @@ def test_adaptation_runs_render_against_the_paper(tmp_path):
     body = results.render_table6({**RESULTS, "adaptation": section})
     row = next(line for line in body.splitlines() if line.startswith("| 128×64"))
     paper = RESULTS["paper"]["rows"]["0.25@0.5"]
-    assert f"89.01 / 72.34 | {89.01 - paper['rank1']:+.1f} / {72.34 - paper['mAP']:+.1f}" in row
+    assert f"89.01 / 72.34 | {89.01 - paper['rank1']:+.2f} / {72.34 - paper['mAP']:+.2f}" in row
     assert "0.12 / 0.41 (miss)" in row and "58 min wall" in row and "4,300 steps" in row
     assert "from x025_r05.pth" in next(line for line in body.splitlines() if line.startswith("| 64×32"))
     with pytest.raises(results.CliError, match="not an adapt_experiment"):
