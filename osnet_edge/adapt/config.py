@@ -18,8 +18,9 @@ LABEL_LOSSES = ("ce", "triplet")
 # 512-d teacher, simkl + relational from a teacher with another embedding size.
 AUTO = "auto"
 # The labelled default: distillation + logit distillation from the checkpoint's own classifier. Cross-entropy
-# on the labels is left out: at 128x64 it cost 0.7-1.0 rank-1 both over 3 epochs and over a full 58-minute run
-# (docs/adaptation.md, "Default recipe"). Where the classifier's rows are not the data's identities there is no
+# on the labels is left out: over full 58-minute runs it cost rank-1 at 128x64 (1.0) and 192x96 (0.36); only
+# the 256x128 fine-tune, which keeps the classifier's own resolution, did better with it (docs/adaptation.md,
+# "Default recipe"). Where the classifier's rows are not the data's identities there is no
 # logit term and LABELLED_FALLBACK (cross-entropy on a new head) keeps the labels in use: unmeasured, unchanged.
 LABELLED_DEFAULT = {AUTO: 1.0, "logit": 1.0}
 LABELLED_FALLBACK = {AUTO: 1.0, "ce": 1.0}
