@@ -20,10 +20,12 @@ def _command(run: dict) -> str:
     """The command line that made an adapt_experiment.py result line. A run that took the default losses gets
     them spelled out (``--losses`` as its recipe recorded them), so it still reproduces after the default
     changes (cross-entropy left the labelled default after these runs)."""
+    from osnet_edge.adapt.config import format_losses
+
     argv = list(run["argv"])
     losses = (run.get("recipe") or {}).get("losses")
     if "--losses" not in argv and losses:
-        argv += ["--losses", ",".join(f"{k}={v:g}" for k, v in losses.items())]
+        argv += ["--losses", format_losses(losses)]
     return "python scripts/adapt_experiment.py " + " ".join(argv)
 
 

@@ -9,7 +9,7 @@ from typing import Mapping, Optional, Union
 from .views import Augmentation
 
 __all__ = ["AdaptConfig", "parse_losses", "resolve_auto_losses", "KD_LOSSES", "LABEL_LOSSES", "AUTO",
-           "LABELLED_DEFAULT", "LABELLED_FALLBACK"]
+           "LABELLED_DEFAULT", "LABELLED_FALLBACK", "format_losses"]
 
 KD_LOSSES = ("cosine", "relational", "simkl", "fmap", "logit")
 LABEL_LOSSES = ("ce", "triplet")
@@ -24,6 +24,11 @@ AUTO = "auto"
 # logit term and LABELLED_FALLBACK (cross-entropy on a new head) keeps the labels in use: unmeasured, unchanged.
 LABELLED_DEFAULT = {AUTO: 1.0, "logit": 1.0}
 LABELLED_FALLBACK = {AUTO: 1.0, "ce": 1.0}
+
+
+def format_losses(losses: Mapping[str, float]) -> str:
+    """{name: weight} -> ``"cosine=1,fmap=1"``: the --losses spelling that :func:`parse_losses` reads back."""
+    return ",".join(f"{k}={v:g}" for k, v in losses.items())
 
 
 def parse_losses(spec: Union[str, Mapping[str, float]]) -> dict[str, float]:

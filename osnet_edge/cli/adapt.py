@@ -6,7 +6,7 @@ import dataclasses
 import functools
 import os
 import time
-from typing import Mapping, Sequence
+from typing import Sequence
 
 from .common import CliError, Parser
 
@@ -35,7 +35,8 @@ examples:
 
 
 def build_parser() -> Parser:
-    from osnet_edge.adapt.config import AUTO, KD_LOSSES, LABEL_LOSSES, LABELLED_DEFAULT, LABELLED_FALLBACK, AdaptConfig
+    from osnet_edge.adapt.config import (AUTO, KD_LOSSES, LABEL_LOSSES, LABELLED_DEFAULT, LABELLED_FALLBACK,
+                                         AdaptConfig, format_losses)
 
     d = AdaptConfig()
     p = Parser(command="adapt", description="Adapt a torchreid OSNet checkpoint to a reduced input resolution (or width) on "
@@ -84,8 +85,8 @@ def build_parser() -> Parser:
                    help=f"weighted losses, e.g. cosine=1,fmap=1 (known: {', '.join(KD_LOSSES + LABEL_LOSSES)}). "
                         f"Default {AUTO}: cosine + fmap from an OSNet checkpoint teacher of the student's width, "
                         "cosine from other 512-d teachers, simkl + relational from other embedding sizes; "
-                        f"with --labels {_spec(LABELLED_DEFAULT)} (+ logit KD via the checkpoint's classifier) when its "
-                        f"rows are the data's identities, else {_spec(LABELLED_FALLBACK)} (cross-entropy, new head)")
+                        f"with --labels {format_losses(LABELLED_DEFAULT)} (+ logit KD via the checkpoint's classifier) when its "
+                        f"rows are the data's identities, else {format_losses(LABELLED_FALLBACK)} (cross-entropy, new head)")
     r.add_argument("--lr", type=float, default=d.lr, help=f"AMSGrad learning rate (default {d.lr})")
     r.add_argument("--batch-size", type=int, default=d.batch_size, help=f"default {d.batch_size}")
     r.add_argument("--schedule", choices=["cosine", "constant"], default=d.schedule,
@@ -113,10 +114,6 @@ def build_parser() -> Parser:
     r.add_argument("--seed", type=int, default=d.seed, help=f"default {d.seed}")
     _add_output_options(p)
     return p
-
-
-def _spec(losses: Mapping[str, float]) -> str:
-    return ",".join(f"{k}={v:g}" for k, v in losses.items())
 
 
 def labelled_default(weights: str, teacher: str | None, num_ids: int) -> dict:
@@ -190,6 +187,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         from osnet_edge.adapt import AdaptConfig, adapt, evaluate
+        from osnet_edge.adapt.config import format_losses
     except ImportError as exc:
         raise CliError(f"adaptation needs torch ({exc.name} missing): pip install 'osnet_edge[export]'") from None
     from osnet_edge.adapt.engine import default_cache_dir
@@ -206,7 +204,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ValueError as exc:
         raise CliError(f"--device: {exc}") from None
     d = AdaptConfig()
-    losses = args.losses or _spec(d.losses)  # auto; with --labels decided once the data is read
+    losses = args.losses or format_losses(d.losses)  # auto; with --labels decided once the data is read
     cfg = AdaptConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, schedule=args.schedule,
                       warmup_epochs=args.warmup_epochs, losses=losses, temperature=args.temperature,
                       kd_temperature=args.kd_temperature, head=args.head, bn=args.bn, view_sets=args.view_sets,
